@@ -1,0 +1,134 @@
+"""Checkpoints on disk: an Orbax directory of arrays plus a JSON file that says how to rebuild.
+
+Layout of a checkpoint directory::
+
+    NAME/
+      vit_jax_va.json   {"kind": ..., "format_version": 1, "config": {...}, "library_version": ...}
+      state/            Orbax StandardCheckpointer directory (the module's nnx.State)
+
+`save`/`load` handle the ViT; `save_module`/`load_module` are the generic pair that other modules
+(the pattern autoencoder) use with their own `kind`. Writes go to a temporary sibling directory
+that is renamed into place, so an interrupted save never leaves a half-written checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+import jax
+import numpy as np
+from flax import nnx
+
+FORMAT_VERSION = 1
+META_FILE = "vit_jax_va.json"
+
+M = TypeVar("M", bound=nnx.Module)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint (ours or a foreign one) cannot be read; the message names the file and key."""
+
+
+def save_module(module: nnx.Module, path: str | os.PathLike, *, kind: str,
+                config: dict[str, Any], overwrite: bool = False) -> Path:
+    """Save `module`'s state with Orbax and `config` as JSON under `path`.
+
+    Args:
+      module: any NNX module.
+      path: target directory; must not exist unless `overwrite`.
+      kind: a name checked again on load (e.g. "ViT").
+      config: JSON-serialisable dict from which `load_module`'s `build` rebuilds the module.
+    Returns the absolute checkpoint path.
+    """
+    import orbax.checkpoint as ocp
+
+    from vit_jax_va import __version__
+
+    path = Path(path).absolute()
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir(parents=True)
+    try:
+        state = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(module)))
+        checkpointer = ocp.StandardCheckpointer()
+        checkpointer.save(tmp / "state", _str_keys(state))
+        checkpointer.wait_until_finished()
+        meta = {"kind": kind, "format_version": FORMAT_VERSION, "config": config,
+                "library_version": __version__}
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        if path.exists():
+            shutil.rmtree(path)
+        tmp.rename(path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return path
+
+
+def read_meta(path: str | os.PathLike, *, kind: str | None = None) -> dict[str, Any]:
+    """The JSON part of a checkpoint, checked for format version and (optionally) kind."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    meta_path = path / META_FILE
+    if not meta_path.is_file():
+        raise CheckpointError(f"{path} is not a vit_jax_va checkpoint: it has no {META_FILE}")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{meta_path} is not valid JSON: {err}") from None
+    for key in ("kind", "format_version", "config"):
+        if key not in meta:
+            raise CheckpointError(f"{meta_path} has no {key!r} entry")
+    if meta["format_version"] != FORMAT_VERSION:
+        raise CheckpointError(f"{meta_path} has format_version {meta['format_version']}; "
+                              f"this version of vit_jax_va reads {FORMAT_VERSION}")
+    if kind is not None and meta["kind"] != kind:
+        raise CheckpointError(f"{path} holds a {meta['kind']!r}, not a {kind!r}")
+    return meta
+
+
+def load_module(path: str | os.PathLike, build: Callable[[dict[str, Any]], M], *,
+                kind: str) -> tuple[M, dict[str, Any]]:
+    """Rebuild a module saved by `save_module`.
+
+    Args:
+      build: config dict -> freshly constructed module of the right shape (its values are
+        replaced; construction is traced abstractly, so it costs no initialisation).
+    Returns (module, meta).
+    """
+    import orbax.checkpoint as ocp
+
+    path = Path(path).absolute()
+    meta = read_meta(path, kind=kind)
+    abstract = nnx.eval_shape(lambda: build(meta["config"]))
+    graphdef, abstract_state = nnx.split(abstract)
+    target = _str_keys(nnx.to_pure_dict(abstract_state))
+    target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), target)
+    try:
+        restored = ocp.StandardCheckpointer().restore(path / "state", target)
+    except Exception as err:  # Orbax raises several types; all mean the same to the caller
+        raise CheckpointError(f"cannot restore the arrays of {path}: {err}") from err
+    restored = jax.tree.map(jax.numpy.asarray, restored)
+    nnx.replace_by_pure_dict(abstract_state, _int_keys(restored, nnx.to_pure_dict(abstract_state)))
+    return nnx.merge(graphdef, abstract_state), meta
+
+
+def _str_keys(tree: Any) -> Any:
+    """Orbax wants string keys; NNX lists give integer keys."""
+    if isinstance(tree, dict):
+        return {str(k): _str_keys(v) for k, v in tree.items()}
+    return tree
+
+
+def _int_keys(tree: Any, like: Any) -> Any:
+    """Undo `_str_keys`, taking the key types from `like`."""
+    if isinstance(like, dict):
+        return {k: _int_keys(tree[str(k)], v) for k, v in like.items()}
+    return tree
