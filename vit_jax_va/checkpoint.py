@@ -18,7 +18,7 @@ import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 import jax
 import numpy as np
@@ -26,6 +26,9 @@ from flax import nnx
 
 FORMAT_VERSION = 1
 META_FILE = "vit_jax_va.json"
+
+if TYPE_CHECKING:
+    from vit_jax_va.model import ViT
 
 M = TypeVar("M", bound=nnx.Module)
 
@@ -132,3 +135,30 @@ def _int_keys(tree: Any, like: Any) -> Any:
     if isinstance(like, dict):
         return {k: _int_keys(tree[str(k)], v) for k, v in like.items()}
     return tree
+
+
+def save(model: "ViT", path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Save a `ViT` (Orbax arrays + its `ViTConfig` as JSON); `load` restores it exactly."""
+    return save_module(model, path, kind="ViT", config=model.config.to_dict(), overwrite=overwrite)
+
+
+def load(path: str | os.PathLike) -> "ViT":
+    """Load a `ViT` saved by `save` (or by `vit-va convert`)."""
+    from vit_jax_va.config import ViTConfig
+    from vit_jax_va.model import ViT
+
+    model, _ = load_module(path, lambda c: ViT(ViTConfig.from_dict(c), rngs=nnx.Rngs(0)), kind="ViT")
+    return model
+
+
+def weights_hash(module: nnx.Module) -> str:
+    """SHA-256 over every array of the module's state, in path order (names a model's weights)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path, value in sorted(nnx.to_flat_state(nnx.state(module)), key=lambda kv: str(kv[0])):
+        array = np.asarray(value.get_value() if hasattr(value, "get_value") else value)
+        digest.update(".".join(map(str, path)).encode())
+        digest.update(str(array.dtype).encode() + str(array.shape).encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
