@@ -1,0 +1,85 @@
+"""Small random ViTs and a naive one-forward-per-head reference, shared by the importance tests.
+
+A freshly initialised `ViT` has a zero classifier and near-zero prefix tokens (timm's init), so
+every class would be equally likely and pruning would change nothing; these helpers redraw
+every parameter so that heads matter and predictions differ between images.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from vit_jax_va import ViT, ViTConfig, single_head_mask, single_head_region_mask
+
+TINY = dict(image_size=32, patch_size=8, width=32, depth=3, num_heads=4, num_classes=7,
+            mlp_ratio=2.0)
+
+CONFIGS = {
+    "token": ViTConfig(**TINY),
+    "avg": ViTConfig(**TINY, pool="avg", class_token=False, fc_norm=True),
+    "distilled": ViTConfig(**TINY, distillation_token=True),
+    "registers": ViTConfig(**{**TINY, "depth": 2}, num_register_tokens=2),
+}
+
+
+def random_model(config: ViTConfig, seed: int = 0, scale: float = 0.3) -> ViT:
+    """A `ViT` whose every parameter is redrawn from N(0, scale^2) (LayerNorm scales around 1)."""
+    model = ViT(config, rngs=nnx.Rngs(seed))
+    graphdef, state = nnx.split(model)
+    leaves, treedef = jax.tree.flatten(state)
+    keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
+    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(state)[0]]
+    new = []
+    for key, path, leaf in zip(keys, paths, leaves):
+        noise = scale * jax.random.normal(key, leaf.shape, leaf.dtype)
+        new.append(1.0 + noise if "scale" in path or "gamma" in path else noise)
+    return nnx.merge(graphdef, jax.tree.unflatten(treedef, new))
+
+
+def random_images(config: ViTConfig, n: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, *config.image_size, config.in_channels)).astype(np.float32)
+
+
+def naive_logits(model: ViT, images, modes) -> dict[str, np.ndarray]:
+    """One full masked forward per head through `model(...)`, per mode: `{mode: [L, H, B, K]}`
+    logits, plus the unpruned logits `[B, K]` under the key "unpruned"."""
+    c = model.config
+    images = jnp.asarray(images)
+    forward = jax.jit(lambda head_mask, region_mask: model(images, head_mask=head_mask,
+                                                           region_mask=region_mask))
+    keep_heads = jnp.ones((c.depth, c.num_heads))
+    keep_regions = jnp.ones((c.depth, c.num_heads, c.num_tokens, c.num_tokens))
+    out = {"unpruned": np.asarray(forward(keep_heads, keep_regions))}
+    for mode in modes:
+        logits = np.zeros((c.depth, c.num_heads, len(images), c.num_classes), np.float32)
+        for layer in range(c.depth):
+            for head in range(c.num_heads):
+                if mode == "head":
+                    masks = (single_head_mask(c, layer, head), keep_regions)
+                else:
+                    masks = (keep_heads, single_head_region_mask(c, layer, head, mode))
+                logits[layer, head] = np.asarray(forward(*masks))
+        out[mode] = logits
+    return out
+
+
+def naive_metrics(logits: np.ndarray, reference: np.ndarray, unpruned_logits: np.ndarray
+                  ) -> dict[str, np.ndarray]:
+    """The ablation metrics computed directly in float64 from logits `[..., B, K]`."""
+    def log_softmax(z):
+        z = np.asarray(z, np.float64)
+        z = z - z.max(axis=-1, keepdims=True)
+        return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+    logp, logp0 = log_softmax(logits), log_softmax(unpruned_logits)
+    ref_index = np.broadcast_to(reference, logp.shape[:-1])[..., None]
+    ref_logp = np.take_along_axis(logp, ref_index, axis=-1)[..., 0]
+    k = min(5, logits.shape[-1])
+    top5 = np.argsort(-logp, axis=-1, kind="stable")[..., :k]
+    return dict(prob=np.exp(ref_logp), correct=logp.argmax(-1) == reference, loss=-ref_logp,
+                kl=(np.exp(logp0) * (logp0 - logp)).sum(-1), top5_classes=top5,
+                top5_probs=np.take_along_axis(np.exp(logp), top5, axis=-1))
