@@ -1,0 +1,114 @@
+"""Head importance scores that need no pruning pass (METHOD.md section 1, metrics).
+
+- `taylor_importance`: Michel et al. (2019), "Are Sixteen Heads Really Better than One?":
+  I_h = E_x |dL(x) / d m_h| at head mask m = 1, the first-order estimate of the loss change
+  when head h is pruned. One vectorised backward pass gives every head's gradient.
+- `head_confidence`: Voita et al. (2019), "Analyzing Multi-Head Self-Attention": the mean
+  over queries of a head's largest attention weight.
+
+Shapes: N images, L layers, H heads.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from vit_jax_va.importance import _baseline, _check_labels, _pad
+from vit_jax_va.model import ViT
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _abs_head_mask_gradients(graphdef, state, images, labels):
+    """|d loss / d head_mask| per image: `[L, H, B]`."""
+    model = nnx.merge(graphdef, state)
+    c = model.config
+
+    def loss(head_mask, image, label):
+        logits = model(image[None], head_mask=head_mask)[0]
+        # The reference is read at m = 1, where the gradient is taken; it is an integer, so
+        # it carries no gradient of its own.
+        reference = jnp.where(label >= 0, label, jnp.argmax(logits).astype(jnp.int32))
+        return -jax.nn.log_softmax(logits)[reference]
+
+    ones = jnp.ones((c.depth, c.num_heads), jnp.float32)
+    # vmap of grad: every image gets its own gradient, still in one batched backward pass.
+    grads = jax.vmap(jax.grad(loss), in_axes=(None, 0, 0))(ones, images, labels)
+    return jnp.abs(grads).transpose(1, 2, 0)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _confidence_chunk(graphdef, state, images):
+    model = nnx.merge(graphdef, state)
+    no_labels = jnp.full((images.shape[0],), -1, jnp.int32)
+    return _baseline(model, images, no_labels)[1]
+
+
+def normalize_by_layer(scores) -> np.ndarray:
+    """Divide each layer's scores by their L2 norm over heads (Michel et al., section 4.1).
+
+    Args:
+      scores: `[L, H, ...]`; the norm is taken over the head axis, separately for every
+        layer and every trailing index.
+    Returns:
+      an array of the same shape; a layer whose scores are all zero stays zero.
+    """
+    scores = np.asarray(scores, np.float64)
+    norm = np.sqrt(np.sum(scores**2, axis=1, keepdims=True))
+    return np.divide(scores, norm, out=np.zeros_like(scores), where=norm > 0)
+
+
+def taylor_importance(model: ViT, images, labels=None, normalize: bool = False,
+                      per_image: bool = False, batch_size: int = 16) -> np.ndarray:
+    """Taylor (gradient) importance of every head: |d cross-entropy / d head_mask| at m = 1.
+
+    The absolute value is taken per image, then averaged over images (Michel et al. accumulate
+    |gradient| over examples; the gradient of the summed loss would let images cancel).
+
+    Args:
+      model: a `ViT` with a classifier.
+      images: float32 `[N, height, width, channels]`, preprocessed.
+      labels: optional int `[N]`; the loss is of the label, else of the unpruned top-1 class.
+      normalize: divide each layer's scores by their L2 norm over heads (`normalize_by_layer`).
+      per_image: return every image's scores instead of their mean.
+      batch_size: images per jitted call (the last chunk is padded; one compilation).
+    Returns:
+      float `[L, H]` (mean over images), or `[L, H, N]` when `per_image`; in nats per unit
+      of head mask before normalisation.
+    """
+    images = np.asarray(images, np.float32)
+    n = images.shape[0]
+    labels = _check_labels(labels, n, model.config.num_classes)
+    graphdef, state = nnx.split(model)
+    chunks = []
+    for start in range(0, n, batch_size):
+        stop = min(start + batch_size, n)
+        grads = _abs_head_mask_gradients(graphdef, state, _pad(images[start:stop], batch_size),
+                                         _pad(labels[start:stop], batch_size, fill=-1))
+        chunks.append(np.asarray(grads)[..., :stop - start])
+    scores = np.concatenate(chunks, axis=-1)
+    if not per_image:
+        scores = scores.mean(axis=-1)
+    return normalize_by_layer(scores) if normalize else scores
+
+
+def head_confidence(model: ViT, images, batch_size: int = 16) -> np.ndarray:
+    """Voita et al.'s confidence of every head of the unpruned model: `[L, H, N]` in [0, 1].
+
+    For each query, the largest attention weight it gives any key; averaged over the patch
+    queries. Prefix-token queries (CLS, distillation, registers) are left out, as METHOD.md
+    leaves out the CLS query; keys include every token.
+    """
+    images = np.asarray(images, np.float32)
+    n = images.shape[0]
+    graphdef, state = nnx.split(model)
+    chunks = []
+    for start in range(0, n, batch_size):
+        stop = min(start + batch_size, n)
+        confidence = _confidence_chunk(graphdef, state, _pad(images[start:stop], batch_size))
+        chunks.append(np.asarray(confidence)[..., :stop - start])
+    return np.concatenate(chunks, axis=-1)
