@@ -113,12 +113,12 @@ def _stack_blocks(model: ViT) -> tuple[nnx.GraphDef, nnx.State]:
     return graphdefs[0], jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
 
 
-def _run_blocks(block_graphdef, stacked, x: jax.Array, start: int, stop: int) -> jax.Array:
-    """Blocks `start..stop-1` (static bounds) on `x` `[B, T, C]`."""
+def _run_blocks(block_graphdef, stacked, x: jax.Array, start, stop) -> jax.Array:
+    """Blocks `start..stop-1` on `x` `[B, T, C]`; the bounds may be traced."""
     def body(layer, x):
         block = nnx.merge(block_graphdef, jax.tree.map(lambda p: p[layer], stacked))
         return block(x)[0]
-    return jax.lax.fori_loop(start, stop, body, x) if stop > start else x
+    return jax.lax.fori_loop(start, stop, body, x)
 
 
 def _last_block_pooled(block, x: jax.Array, rows: int) -> jax.Array:
@@ -136,17 +136,6 @@ def _last_block_pooled(block, x: jax.Array, rows: int) -> jax.Array:
     attention = jax.nn.softmax(jnp.einsum("bqhd,bkhd->bhqk", q, k), axis=-1)
     out = attn.project(attn.head_outputs(attention, v))
     return block.residual_mlp(block.residual_attention(x[:, :rows], out))
-
-
-def _tail(model: ViT, block_graphdef, stacked, x: jax.Array, start: int) -> jax.Array:
-    """Blocks `start..L-1` on the residual stream `x` `[B, T, C]`, then the classifier: `[B, K]`."""
-    depth, rows = model.config.depth, _pooled_rows(model)
-    if rows is None:
-        return model.classify(_run_blocks(block_graphdef, stacked, x, start, depth))[0]
-    x = _run_blocks(block_graphdef, stacked, x, start, depth - 1)
-    if start <= depth - 1:
-        x = _last_block_pooled(model.blocks[depth - 1], x, rows)
-    return model.classify(x)[0]
 
 
 def _confidence(attention: jax.Array, num_prefix_tokens: int) -> jax.Array:
@@ -189,6 +178,32 @@ def _baseline(model: ViT, images: jax.Array, labels: jax.Array):
 
 # The sweep ---------------------------------------------------------------------------------
 
+def _prune_layer(block, x, attention, v, removed, variants, variant_chunk, tail):
+    """Prune each (mode, head) variant of one layer and finish the pass with `tail`.
+
+    Args:
+      block: the pruned layer's `Block`; x: its input residual stream `[B, R, C]` (R rows,
+        T or the pooled ones); attention: its unpruned attention `[B, H, R, T]`; v: its values
+        `[B, T, H, D]`; removed: `[M, R, T]`; variants: (mode index, head index) `[V]` each.
+      tail: residual stream after the pruned layer `[B, R, C]` -> per-image metrics.
+    Returns:
+      the metrics of every variant, stacked: `[V, B, ...]`.
+    """
+    attn_out = block.attn.project(block.attn.head_outputs(attention, v))
+    # [H, D, C]: head h reaches the projection output only through these rows of the kernel.
+    proj_by_head = block.attn.proj.kernel[...].reshape(block.attn.num_heads,
+                                                       block.attn.head_dim, -1)
+
+    def prune_one(variant):
+        m, h = variant
+        removed_attention = attention[:, h] * removed[m][None]
+        removed_heads = jnp.einsum("bqk,bkd->bqd", removed_attention, v[:, :, h])
+        pruned_out = attn_out - removed_heads @ proj_by_head[h]
+        return tail(block.residual_mlp(block.residual_attention(x, pruned_out)))
+
+    return jax.lax.map(prune_one, variants, batch_size=variant_chunk)
+
+
 def _sweep_chunk(graphdef, state, images, labels, removed, *, variant_chunk: int):
     """Every (mode, layer, head) pruning of one image chunk.
 
@@ -207,41 +222,38 @@ def _sweep_chunk(graphdef, state, images, labels, removed, *, variant_chunk: int
     baseline_logp = jax.nn.log_softmax(logits, axis=-1)
     block_graphdef, stacked = _stack_blocks(model)
     rows = _pooled_rows(model)
-    mode_index = jnp.repeat(jnp.arange(num_modes), heads)
-    head_index = jnp.tile(jnp.arange(heads), num_modes)
+    variants = (jnp.repeat(jnp.arange(num_modes), heads), jnp.tile(jnp.arange(heads), num_modes))
+    # With class-token pooling the last layer is special (only its pooled rows are needed), so
+    # it is pruned on its own and the scan covers the layers before it.
+    scanned = depth if rows is None else depth - 1
+    tail_stop = scanned
 
-    per_layer = []
-    for layer in range(depth):
-        block, x = model.blocks[layer], layer_inputs[layer]
+    def prune_scanned_layer(_, layer_and_input):
+        layer, x = layer_and_input
+        block = nnx.merge(block_graphdef, jax.tree.map(lambda p: p[layer], stacked))
         attention, v = block.attn.weights(block.norm1(x))
-        attn_out = block.attn.project(block.attn.head_outputs(attention, v))
-        # [H, D, C]: head h reaches the projection output only through these rows.
-        proj_by_head = block.attn.proj.kernel[...].reshape(heads, c.head_dim, c.width)
-        last_pooled = rows is not None and layer == depth - 1
-        if last_pooled:
-            attention, attn_out, x, removed_l = (attention[:, :, :rows], attn_out[:, :rows],
-                                                 x[:, :rows], removed[:, :rows])
-        else:
-            removed_l = removed
 
-        # lax.map traces prune_one before the loop moves on, so closing over the loop's
-        # variables is safe.
-        def prune_one(indices):
-            m, h = indices
-            removed_attention = attention[:, h] * removed_l[m][None]
-            removed_heads = jnp.einsum("bqk,bkd->bqd", removed_attention, v[:, :, h])
-            pruned_out = attn_out - removed_heads @ proj_by_head[h]
-            y = block.residual_mlp(block.residual_attention(x, pruned_out))
-            pruned_logits = (model.classify(y)[0] if last_pooled else
-                             _tail(model, block_graphdef, stacked, y, layer + 1))
-            return _metrics(pruned_logits, reference, baseline_logp)
+        def tail(y):
+            y = _run_blocks(block_graphdef, stacked, y, layer + 1, tail_stop)
+            if rows is not None:
+                y = _last_block_pooled(model.blocks[depth - 1], y, rows)
+            return _metrics(model.classify(y)[0], reference, baseline_logp)
 
-        per_layer.append(jax.lax.map(prune_one, (mode_index, head_index),
-                                     batch_size=variant_chunk))
+        return None, _prune_layer(block, x, attention, v, removed, variants, variant_chunk, tail)
+
+    # One traced body for all layers (the tail's trip count is dynamic) keeps compilation
+    # time independent of depth.
+    _, swept = jax.lax.scan(prune_scanned_layer, None,
+                            (jnp.arange(scanned), layer_inputs[:scanned]))
+    if rows is not None:
+        block, x = model.blocks[depth - 1], layer_inputs[depth - 1]
+        attention, v = block.attn.weights(block.norm1(x))
+        last = _prune_layer(block, x[:, :rows], attention[:, :, :rows], v, removed[:, :rows],
+                            variants, variant_chunk,
+                            lambda y: _metrics(model.classify(y)[0], reference, baseline_logp))
+        swept = {k: jnp.concatenate([swept[k], last[k][None]]) for k in swept}
     # [L, M*H, B, ...] -> [L, M, H, B, ...]
-    swept = {k: jnp.stack([d[k] for d in per_layer]).reshape(depth, num_modes, heads,
-                                                             *per_layer[0][k].shape[1:])
-             for k in per_layer[0]}
+    swept = {k: v.reshape(depth, num_modes, heads, *v.shape[2:]) for k, v in swept.items()}
     base = _metrics(logits, reference, baseline_logp)
     swept.update({f"baseline_{k}": base[k] for k in ("prob", "correct", "loss", "top5_classes",
                                                      "top5_probs")})
