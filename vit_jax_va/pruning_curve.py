@@ -1,0 +1,125 @@
+"""Cumulative pruning curve: the standard check that a metric ranks heads well.
+
+Heads are pruned one after another in the order of an importance score, and after each step
+the accuracy and the mean reference-class probability are measured. A good score that prunes
+least-important-first keeps accuracy up longest; most-important-first drops it fastest.
+Every step is a head mask `[L, H]` with more zeros; the steps run vectorised with `jax.vmap`,
+in chunks, inside one jitted call per image chunk.
+
+Shapes: S steps, N images, L layers, H heads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from vit_jax_va.importance import _check_labels, _default_chunk, _pad
+from vit_jax_va.model import ViT
+
+
+@dataclasses.dataclass(frozen=True)
+class PruningCurve:
+    """Attributes:
+      order: `[L*H]` flat head indices (`layer * H + head`) in pruning order.
+      num_pruned: `[S]` heads pruned at each step.
+      prob: `[S, N]` reference-class probability after each step.
+      correct: `[S, N]` bool, top-1 == reference class after each step.
+      reference: `[N]` the label, else the unpruned top-1 class.
+    """
+
+    order: np.ndarray
+    num_pruned: np.ndarray
+    prob: np.ndarray
+    correct: np.ndarray
+    reference: np.ndarray
+
+    @property
+    def accuracy(self) -> np.ndarray:
+        """`[S]` top-1 accuracy after each step."""
+        return self.correct.mean(axis=-1)
+
+    @property
+    def mean_prob(self) -> np.ndarray:
+        """`[S]` mean reference-class probability after each step."""
+        return self.prob.mean(axis=-1)
+
+
+def cumulative_head_masks(order, num_pruned, num_layers: int, num_heads: int) -> np.ndarray:
+    """Head masks `[S, L, H]`: step s zeroes the first `num_pruned[s]` heads of `order`."""
+    order = np.asarray(order)
+    rank = np.empty(order.size, np.int64)
+    rank[order] = np.arange(order.size)
+    keep = rank[None, :] >= np.asarray(num_pruned)[:, None]
+    return keep.reshape(-1, num_layers, num_heads).astype(np.float32)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 5))
+def _curve_chunk(graphdef, state, images, labels, head_masks, step_chunk):
+    model = nnx.merge(graphdef, state)
+    logits = model(images)
+    reference = jnp.where(labels >= 0, labels, jnp.argmax(logits, axis=-1).astype(jnp.int32))
+
+    def step(head_mask):
+        logp = jax.nn.log_softmax(model(images, head_mask=head_mask), axis=-1)
+        prob = jnp.exp(jnp.take_along_axis(logp, reference[:, None], axis=1)[:, 0])
+        return prob, jnp.argmax(logp, axis=-1) == reference
+
+    prob, correct = jax.lax.map(step, head_masks, batch_size=step_chunk)
+    return prob, correct, reference
+
+
+def pruning_curve(model: ViT, images, scores, labels=None, most_important_first: bool = True,
+                  num_pruned=None, batch_size: int = 16, step_chunk: int | None = None
+                  ) -> PruningCurve:
+    """Prune heads cumulatively in the order of `scores` and measure after each step.
+
+    Args:
+      model: a `ViT` with a classifier.
+      images: float32 `[N, height, width, channels]`, preprocessed.
+      scores: `[L, H]` importance, larger = more important (e.g. `head_importance`,
+        `taylor_importance`). Ties keep the flat head order.
+      labels: optional int `[N]`; else the reference is the unpruned top-1 class.
+      most_important_first: prune the highest scores first (else the lowest first).
+      num_pruned: int `[S]` numbers of pruned heads to measure; default 0, 1, ..., L*H.
+      batch_size: images per jitted call (the last chunk is padded).
+      step_chunk: steps vectorised together; default from a memory budget.
+    Returns:
+      a `PruningCurve`.
+    """
+    c = model.config
+    scores = np.asarray(scores, np.float64)
+    if scores.shape != (c.depth, c.num_heads):
+        raise ValueError(f"scores must be [layers, heads] = [{c.depth}, {c.num_heads}]; "
+                         f"got {scores.shape}")
+    flat = scores.reshape(-1)
+    order = np.argsort(-flat if most_important_first else flat, kind="stable")
+    if num_pruned is None:
+        num_pruned = np.arange(flat.size + 1)
+    num_pruned = np.asarray(num_pruned, np.int64)
+    if num_pruned.ndim != 1 or num_pruned.min() < 0 or num_pruned.max() > flat.size:
+        raise ValueError(f"num_pruned must be a 1-d array in [0, {flat.size}]")
+    head_masks = cumulative_head_masks(order, num_pruned, c.depth, c.num_heads)
+    if step_chunk is None:
+        step_chunk = _default_chunk(model, batch_size, len(num_pruned))
+    images = np.asarray(images, np.float32)
+    n = images.shape[0]
+    labels = _check_labels(labels, n, c.num_classes)
+    graphdef, state = nnx.split(model)
+    probs, corrects, references = [], [], []
+    for start in range(0, n, batch_size):
+        stop = min(start + batch_size, n)
+        prob, correct, reference = _curve_chunk(
+            graphdef, state, _pad(images[start:stop], batch_size),
+            _pad(labels[start:stop], batch_size, fill=-1), head_masks, int(step_chunk))
+        probs.append(np.asarray(prob)[:, :stop - start])
+        corrects.append(np.asarray(correct)[:, :stop - start])
+        references.append(np.asarray(reference)[:stop - start])
+    return PruningCurve(order=order, num_pruned=num_pruned, prob=np.concatenate(probs, axis=1),
+                        correct=np.concatenate(corrects, axis=1),
+                        reference=np.concatenate(references))
