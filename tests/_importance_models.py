@@ -26,16 +26,17 @@ CONFIGS = {
 
 
 def random_model(config: ViTConfig, seed: int = 0, scale: float = 0.3) -> ViT:
-    """A `ViT` whose every parameter is redrawn from N(0, scale^2) (LayerNorm scales around 1)."""
+    """A `ViT` whose every parameter is redrawn from N(0, scale^2) (LayerNorm and layer-scale
+    factors around 1). numpy draws them: eager jax.random would compile once per shape."""
     model = ViT(config, rngs=nnx.Rngs(seed))
     graphdef, state = nnx.split(model)
-    leaves, treedef = jax.tree.flatten(state)
-    keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
-    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(state)[0]]
+    rng = np.random.default_rng(seed)
+    paths_leaves, treedef = jax.tree_util.tree_flatten_with_path(state)
     new = []
-    for key, path, leaf in zip(keys, paths, leaves):
-        noise = scale * jax.random.normal(key, leaf.shape, leaf.dtype)
-        new.append(1.0 + noise if "scale" in path or "gamma" in path else noise)
+    for path, leaf in paths_leaves:
+        noise = scale * rng.standard_normal(leaf.shape).astype(np.float32)
+        name = jax.tree_util.keystr(path)
+        new.append(jnp.asarray(1.0 + noise if "scale" in name or "gamma" in name else noise))
     return nnx.merge(graphdef, jax.tree.unflatten(treedef, new))
 
 
@@ -46,14 +47,16 @@ def random_images(config: ViTConfig, n: int, seed: int = 0) -> np.ndarray:
 
 def naive_logits(model: ViT, images, modes) -> dict[str, np.ndarray]:
     """One full masked forward per head through `model(...)`, per mode: `{mode: [L, H, B, K]}`
-    logits, plus the unpruned logits `[B, K]` under the key "unpruned"."""
+    logits, plus the unpruned logits `[B, K]` under "unpruned" and the unpruned attention
+    `[B, L, H, T, T]` under "attention"."""
     c = model.config
     images = jnp.asarray(images)
-    forward = jax.jit(lambda head_mask, region_mask: model(images, head_mask=head_mask,
-                                                           region_mask=region_mask))
+    forward = jax.jit(lambda head_mask, region_mask: model(
+        images, head_mask=head_mask, region_mask=region_mask, return_attention=True))
     keep_heads = jnp.ones((c.depth, c.num_heads))
     keep_regions = jnp.ones((c.depth, c.num_heads, c.num_tokens, c.num_tokens))
-    out = {"unpruned": np.asarray(forward(keep_heads, keep_regions))}
+    unpruned = forward(keep_heads, keep_regions)
+    out = {"unpruned": np.asarray(unpruned.logits), "attention": np.asarray(unpruned.attention)}
     for mode in modes:
         logits = np.zeros((c.depth, c.num_heads, len(images), c.num_classes), np.float32)
         for layer in range(c.depth):
@@ -62,9 +65,14 @@ def naive_logits(model: ViT, images, modes) -> dict[str, np.ndarray]:
                     masks = (single_head_mask(c, layer, head), keep_regions)
                 else:
                     masks = (keep_heads, single_head_region_mask(c, layer, head, mode))
-                logits[layer, head] = np.asarray(forward(*masks))
+                logits[layer, head] = np.asarray(forward(*masks).logits)
         out[mode] = logits
     return out
+
+
+def naive_confidence(attention: np.ndarray, num_prefix_tokens: int) -> np.ndarray:
+    """Voita et al.'s confidence from attention `[B, L, H, T, T]`: `[L, H, B]`."""
+    return attention[:, :, :, num_prefix_tokens:].max(-1).mean(-1).transpose(1, 2, 0)
 
 
 def naive_metrics(logits: np.ndarray, reference: np.ndarray, unpruned_logits: np.ndarray
