@@ -158,3 +158,12 @@ def test_fixed_histogram_counts_per_head():
     values = np.array([[0.0, top + 1e-6], [top / 2, np.nan], [-1e-7, top]])  # [images=3, heads=2]
     counts = strength.fixed_histogram(values, edges)
     np.testing.assert_array_equal(counts, [[2, 1, 0], [0, 0, 2]])
+
+
+def test_same_layout_compiles_once():
+    # A grid given as a list (from JSON) must hit the same compiled function as a tuple.
+    attention = np.full((7, 1, 10, 10), 0.1, np.float32)  # a shape no other test uses
+    before = strength._hop_profile._cache_size()
+    strength.hop_profile(attention, [3, 3], 1)
+    strength.hop_profile(attention * 2, grid=(3, 3), num_prefix_tokens=1)
+    assert strength._hop_profile._cache_size() == before + 1
