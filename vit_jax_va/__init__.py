@@ -26,4 +26,7 @@ from vit_jax_va.strength import (STATISTICS, LayerTrend, cls_share, fixed_histog
                                  layer_trend, mean_attention_distance, num_rings,
                                  strength_statistics)
 
-__all__ = [name for name in dir() if not name.startswith("_")] + ["__version__"]
+from types import ModuleType as _ModuleType  # noqa: E402
+
+__all__ = sorted(name for name, value in globals().items()
+                 if not name.startswith("_") and not isinstance(value, _ModuleType))
