@@ -6,16 +6,27 @@ Pure JAX/Flax: this package never imports torch, timm or UI libraries.
 
 __version__ = "0.1.0"
 
+from vit_jax_va.accumulate import PatternSampler, StrengthAccumulator
+from vit_jax_va.autoencoder import (PatternAutoencoder, ReconstructionErrors, TrainingLog,
+                                    encode_items, load_autoencoder, normalise_items,
+                                    reconstruct_items, reconstruction_errors, save_autoencoder,
+                                    train_autoencoder)
 from vit_jax_va.checkpoint import (CheckpointError, load, load_module, save, save_module,
                                    weights_hash)
 from vit_jax_va.config import ViTConfig
 from vit_jax_va.masks import (PRUNE_MODES, prune_region, region_masks, single_head_mask,
                               single_head_region_mask)
 from vit_jax_va.model import ViT, ViTOutput
+from vit_jax_va.patterns import (CLS_COLUMN, CLS_ROW, PROJECTIONS, PatternSpace, cls_maps,
+                                 offset_counts, pattern_space, project_2d, recentred_map,
+                                 recentred_query_maps)
 from vit_jax_va.preprocess import preprocess
+from vit_jax_va.strength import (STATISTICS, LayerTrend, cls_share, fixed_histogram,
+                                 head_confidence, head_entropy, histogram_edges, hop_profile,
+                                 layer_trend, mean_attention_distance, num_rings,
+                                 strength_statistics)
 
-__all__ = [
-    "CheckpointError", "PRUNE_MODES", "ViT", "ViTConfig", "ViTOutput", "__version__", "load",
-    "load_module", "preprocess", "prune_region", "region_masks", "save", "save_module",
-    "single_head_mask", "single_head_region_mask", "weights_hash",
-]
+from types import ModuleType as _ModuleType  # noqa: E402
+
+__all__ = sorted(name for name, value in globals().items()
+                 if not name.startswith("_") and not isinstance(value, _ModuleType))

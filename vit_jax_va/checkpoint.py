@@ -118,6 +118,14 @@ def load_module(path: str | os.PathLike, build: Callable[[dict[str, Any]], M], *
         restored = ocp.StandardCheckpointer().restore(path / "state", target)
     except Exception as err:  # Orbax raises several types; all mean the same to the caller
         raise CheckpointError(f"cannot restore the arrays of {path}: {err}") from err
+    # Orbax restores the stored shapes even when the target asks for others: check each array.
+    wrong = [f"{jax.tree_util.keystr(key)}: stored {list(got.shape)}, config needs {list(want.shape)}"
+             for (key, got), want in zip(jax.tree_util.tree_leaves_with_path(restored),
+                                         jax.tree.leaves(target))
+             if got.shape != want.shape or got.dtype != want.dtype]
+    if wrong:
+        raise CheckpointError(f"cannot restore the arrays of {path}: they do not fit its config: "
+                              + "; ".join(wrong))
     restored = jax.tree.map(jax.numpy.asarray, restored)
     nnx.replace_by_pure_dict(abstract_state, _int_keys(restored, nnx.to_pure_dict(abstract_state)))
     return nnx.merge(graphdef, abstract_state), meta

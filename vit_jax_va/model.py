@@ -66,7 +66,7 @@ class LayerScale(nnx.Module):
         self.gamma = nnx.Param(jnp.full((width,), init_value, jnp.float32))
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return x * self.gamma[...]
+        return x * self.gamma[...].reshape((1,) * (x.ndim - 1) + (-1,))
 
 
 class Attention(nnx.Module):
@@ -177,9 +177,9 @@ class ViT(nnx.Module):
         self.blocks = nnx.List([Block(c, rngs=rngs) for _ in range(c.depth)])
         self.norm = _layer_norm(c, rngs) if c.final_norm and not c.fc_norm else None
         self.fc_norm = _layer_norm(c, rngs) if c.final_norm and c.fc_norm else None
-        self.head = (nnx.Linear(c.width, c.num_classes, kernel_init=nnx.initializers.zeros_init(),
+        self.head = (nnx.Linear(c.width, c.num_classes, kernel_init=_linear_init,
                                 rngs=rngs) if c.num_classes else None)
-        self.head_dist = (nnx.Linear(c.width, c.num_classes, kernel_init=nnx.initializers.zeros_init(),
+        self.head_dist = (nnx.Linear(c.width, c.num_classes, kernel_init=_linear_init,
                                      rngs=rngs) if c.num_classes and c.distillation_token else None)
 
     # Stages -------------------------------------------------------------------------------

@@ -1,0 +1,44 @@
+"""`vit-va convert`: a timm file in, a vit_jax_va checkpoint out, with a parity report."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+from timm_cases import make_named
+
+import converters
+import vit_jax_va
+
+
+def _vit_va(*args):
+    return subprocess.run([sys.executable, "-m", "vit_jax_va.cli", *args], capture_output=True,
+                          text=True)
+
+
+def test_convert_file_and_report_parity(tmp_path):
+    from safetensors.torch import save_file
+
+    timm_model = make_named("vit_tiny_patch16_224", num_classes=10)
+    save_file(timm_model.state_dict(), tmp_path / "tiny.safetensors")
+    result = _vit_va("convert", str(tmp_path / "tiny.safetensors"), str(tmp_path / "out"),
+                     "--model-name", "vit_tiny_patch16_224", "--json")
+    assert result.returncode == 0, result.stderr
+    assert "12 layers x 3 heads" in result.stdout and "grid 14x14" in result.stdout
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["logits_max_abs_diff"] <= 1e-4 and report["attention_max_abs_diff"] <= 1e-5
+    loaded = vit_jax_va.load(tmp_path / "out")
+    assert vit_jax_va.weights_hash(loaded) == vit_jax_va.weights_hash(converters.from_timm(timm_model))
+    assert np.isfinite(report["logits_max_abs_diff"])
+
+    again = _vit_va("convert", str(tmp_path / "tiny.safetensors"), str(tmp_path / "out"),
+                    "--model-name", "vit_tiny_patch16_224")
+    assert again.returncode == 1 and "exists" in again.stderr and "Traceback" not in again.stderr
+
+
+def test_bad_input_is_one_clear_line(tmp_path):
+    result = _vit_va("convert", str(tmp_path / "missing.pth"), str(tmp_path / "out"),
+                     "--model-name", "vit_tiny_patch16_224")
+    assert result.returncode == 1
+    assert "no checkpoint file at" in result.stderr and "missing.pth" in result.stderr
+    assert "Traceback" not in result.stderr

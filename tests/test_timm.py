@@ -1,0 +1,202 @@
+"""converters.timm: numerical parity with timm, head-mask semantics, round trips, strict errors."""
+
+from __future__ import annotations
+
+import io
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from timm_cases import CASES, NAMED, make_case, make_named, random_images, set_fused
+
+import converters
+import vit_jax_va
+from converters.timm import UnsupportedModelError
+from vit_jax_va import CheckpointError
+
+LOGITS_TOL = 1e-4
+ATTENTION_TOL = 1e-5
+
+
+def _compare(timm_model, model, images):
+    logits, attention = converters.timm_forward(timm_model, torch.from_numpy(images.transpose(0, 3, 1, 2)))
+    out = model(jnp.asarray(images), return_attention=True)
+    assert out.attention.shape == attention.shape
+    return (float(np.max(np.abs(np.asarray(out.logits) - logits))),
+            float(np.max(np.abs(np.asarray(out.attention) - attention))))
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "unfused"])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_parity_with_timm(case, fused):
+    timm_model = make_case(case)
+    set_fused(timm_model, fused)
+    model = converters.from_timm(timm_model)
+    logits_diff, attention_diff = _compare(timm_model, model, random_images(timm_model, 3))
+    assert logits_diff <= LOGITS_TOL, f"{case}: logits differ by {logits_diff:.2e}"
+    assert attention_diff <= ATTENTION_TOL, f"{case}: attention differs by {attention_diff:.2e}"
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "unfused"])
+@pytest.mark.parametrize("name", NAMED)
+def test_parity_named_architectures(name, fused):
+    timm_model = make_named(name)
+    set_fused(timm_model, fused)
+    model = converters.from_timm(timm_model)
+    logits_diff, attention_diff = _compare(timm_model, model, random_images(timm_model, 2))
+    assert logits_diff <= LOGITS_TOL, f"{name}: logits differ by {logits_diff:.2e}"
+    assert attention_diff <= ATTENTION_TOL, f"{name}: attention differs by {attention_diff:.2e}"
+
+
+def test_config_read_from_timm():
+    config = converters.config_from_timm(make_case("registers_no_embed_class_layer_scale"))
+    assert (config.num_register_tokens, config.num_prefix_tokens, config.no_embed_class,
+            config.layer_scale, config.num_tokens) == (4, 5, True, True, 5 + 16)
+    config = converters.config_from_timm(make_case("pre_norm_no_qkv_bias_grey_rect"))
+    assert (config.grid, config.in_channels, config.pre_norm, config.qkv_bias) == ((4, 3), 1, True, False)
+    config = converters.config_from_timm(make_named("deit_tiny_distilled_patch16_224"))
+    assert config.distillation_token and config.num_prefix_tokens == 2
+
+
+@pytest.mark.parametrize("value", [0.0, 0.3])
+@pytest.mark.parametrize("case", ["token", "registers_no_embed_class_layer_scale", "distilled"])
+def test_head_mask_scales_the_heads_slice_of_the_projection_input(case, value):
+    """Ours: head_mask[l, h] = value. timm: a pre-hook scales that head's slice of attn.proj's input."""
+    timm_model = make_case(case)
+    model = converters.from_timm(timm_model)
+    layer, head = 1, 2
+    head_dim = model.config.head_dim
+
+    def scale_slice(_module, args):
+        (x,) = args
+        x = x.clone()
+        x[..., head * head_dim:(head + 1) * head_dim] *= value
+        return (x,)
+
+    hook = timm_model.blocks[layer].attn.proj.register_forward_pre_hook(scale_slice)
+    images = random_images(timm_model, 3)
+    try:
+        expected, _ = converters.timm_forward(timm_model, torch.from_numpy(images.transpose(0, 3, 1, 2)))
+    finally:
+        hook.remove()
+    ours = model(jnp.asarray(images), head_mask=vit_jax_va.single_head_mask(model.config, layer, head, value))
+    unmasked = model(jnp.asarray(images))
+    assert np.max(np.abs(np.asarray(ours) - expected)) <= LOGITS_TOL
+    # The mask must matter, or the comparison above proves nothing.
+    assert np.max(np.abs(np.asarray(unmasked) - expected)) > 10 * LOGITS_TOL
+
+
+def test_to_timm_round_trip_is_bit_exact_and_timm_loads_it_strictly():
+    for case in ("registers_no_embed_class_layer_scale", "distilled", "pre_norm_no_qkv_bias_grey_rect"):
+        model = converters.from_timm(make_case(case))
+        state_dict = converters.to_timm(model)
+        timm_model = converters.create_timm_model(model.config, state_dict)  # strict load
+        assert set(timm_model.state_dict()) == set(state_dict)
+        again = converters.from_timm(state_dict, config=model.config)
+        assert vit_jax_va.weights_hash(again) == vit_jax_va.weights_hash(model)
+        back = converters.from_timm(timm_model)
+        assert vit_jax_va.weights_hash(back) == vit_jax_va.weights_hash(model)
+
+
+def _tiny_named(num_classes=10):
+    return make_named("vit_tiny_patch16_224", num_classes=num_classes)
+
+
+@pytest.fixture(scope="module")
+def tiny_files(tmp_path_factory):
+    from safetensors.torch import save_file
+
+    folder = tmp_path_factory.mktemp("ckpt")
+    timm_model = _tiny_named()
+    state_dict = timm_model.state_dict()
+    save_file(state_dict, folder / "tiny.safetensors")
+    torch.save(state_dict, folder / "tiny.pth")
+    torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in state_dict.items()}},
+               folder / "train.pth.tar.pth")
+    return folder, timm_model
+
+
+@pytest.mark.parametrize("filename", ["tiny.safetensors", "tiny.pth", "train.pth.tar.pth"])
+def test_from_file_with_model_name(tiny_files, filename):
+    folder, timm_model = tiny_files
+    model = converters.from_timm(folder / filename, model_name="vit_tiny_patch16_224")
+    assert model.config.num_classes == 10  # read from the head's shape
+    assert vit_jax_va.weights_hash(model) == vit_jax_va.weights_hash(converters.from_timm(timm_model))
+
+
+def test_state_dict_needs_an_architecture():
+    with pytest.raises(ValueError, match="model_name"):
+        converters.from_timm(_tiny_named().state_dict())
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty"])
+@pytest.mark.parametrize("filename", ["tiny.safetensors", "tiny.pth"])
+def test_damaged_files_are_refused_naming_the_file(tiny_files, tmp_path, filename, damage):
+    data = (tiny_files[0] / filename).read_bytes()
+    bad = tmp_path / filename
+    bad.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"")
+    with pytest.raises(CheckpointError, match=str(bad).replace(".", r"\.")):
+        converters.from_timm(bad, model_name="vit_tiny_patch16_224")
+
+
+def test_full_pickles_are_never_unpickled(tmp_path):
+    path = tmp_path / "module.pth"
+    torch.save(make_case("token"), path)  # a whole nn.Module: needs a full unpickle
+    with pytest.raises(CheckpointError, match="module.pth"):
+        converters.from_timm(path, model_name="vit_tiny_patch16_224")
+
+
+def test_wrong_architecture_names_keys_and_shapes(tiny_files):
+    with pytest.raises(CheckpointError) as err:
+        converters.from_timm(tiny_files[0] / "tiny.safetensors", model_name="vit_small_patch16_224")
+    assert "blocks.0.attn.qkv.weight: checkpoint [576, 192], model [1152, 384]" in str(err.value)
+
+
+def test_missing_unexpected_and_misshaped_keys_are_each_named():
+    state_dict = dict(_tiny_named().state_dict())
+    del state_dict["blocks.3.attn.qkv.bias"]
+    state_dict["blocks.0.attn.extra"] = torch.zeros(3)
+    state_dict["pos_embed"] = state_dict["pos_embed"][:, :50]
+    with pytest.raises(CheckpointError) as err:
+        converters.from_timm(state_dict, model_name="vit_tiny_patch16_224")
+    message = str(err.value)
+    assert "missing keys (1): blocks.3.attn.qkv.bias [576]" in message
+    assert "unexpected keys (1): blocks.0.attn.extra [3]" in message
+    assert "pos_embed: checkpoint [1, 50, 192], model [1, 197, 192]" in message
+    assert "img_size" in message
+
+
+@pytest.mark.parametrize("kwargs, setting", [
+    (dict(qk_norm=True), "qk_norm"),
+    (dict(scale_attn_norm=True), "scale_attn_norm"),
+    (dict(scale_mlp_norm=True), "scale_mlp_norm"),
+    (dict(act_layer="gelu_tanh"), "activation"),
+    (dict(global_pool="map"), "attention pooling"),
+    (dict(norm_layer="rmsnorm"), "RmsNorm"),
+    (dict(embed_norm_layer="layernorm"), "patch embedding"),
+])
+def test_unsupported_settings_are_refused_by_name(kwargs, setting):
+    with pytest.raises(UnsupportedModelError, match=setting):
+        converters.from_timm(make_case("token", **kwargs))
+
+
+def test_unsupported_architecture_class_is_refused():
+    import timm
+
+    with pytest.raises(UnsupportedModelError, match="Eva"):
+        converters.from_timm(timm.create_model("eva02_tiny_patch14_224", pretrained=False))
+
+
+def test_npz_and_unknown_formats_are_refused(tmp_path):
+    for name in ("w.npz", "w.onnx"):
+        path = tmp_path / name
+        np.savez(io.BytesIO(), a=1)
+        path.write_bytes(b"x")
+        with pytest.raises(CheckpointError, match=name.replace(".", r"\.")):
+            converters.from_timm(path, model_name="vit_tiny_patch16_224")
+
+
+def test_hub_name_without_network_says_what_to_do():
+    with pytest.raises(CheckpointError, match="local .safetensors"):
+        converters.from_timm("vit_tiny_patch16_224.augreg_in21k_ft_in1k")

@@ -1,0 +1,73 @@
+"""Small random timm ViTs covering the configurations the converter supports.
+
+Every parameter is redrawn from N(0, 0.1) with a fixed seed (timm initialises biases to zero
+and layer scales to a constant, which would hide transposed or swapped tensors).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+TINY = dict(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3, num_classes=7)
+
+# name -> (timm class name, constructor kwargs)
+CASES = {
+    "token": ("VisionTransformer", TINY),
+    "avg_no_class_token": ("VisionTransformer", {**TINY, "class_token": False, "global_pool": "avg"}),
+    "registers_no_embed_class_layer_scale": (
+        "VisionTransformer", {**TINY, "reg_tokens": 4, "no_embed_class": True, "init_values": 1e-5}),
+    "distilled": ("VisionTransformerDistilled", TINY),
+    "pre_norm_no_qkv_bias_grey_rect": (
+        "VisionTransformer", {**TINY, "pre_norm": True, "qkv_bias": False, "in_chans": 1,
+                              "img_size": (32, 48), "patch_size": (8, 16)}),
+    "max_pool_no_final_norm_no_proj_bias": (
+        "VisionTransformer", {**TINY, "global_pool": "max", "final_norm": False, "proj_bias": False}),
+    "avgmax_with_prefix_mlp2": (
+        "VisionTransformer", {**TINY, "global_pool": "avgmax", "pool_include_prefix": True,
+                              "fc_norm": False, "mlp_ratio": 2.0, "reg_tokens": 1}),
+    "no_pos_embed_headless": ("VisionTransformer", {**TINY, "pos_embed": "none", "num_classes": 0}),
+}
+
+# Real timm architectures (random init): names as users pass them.
+NAMED = ["vit_tiny_patch16_224", "deit_tiny_distilled_patch16_224", "deit3_small_patch16_224",
+         "vit_little_patch16_reg4_gap_256"]
+
+
+def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Redraw every parameter from N(0, 0.1) with `seed`; returns the model in eval mode."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.copy_(torch.randn(param.shape, generator=generator) * 0.1)
+    return model.eval()
+
+
+def make_case(name: str, seed: int = 0, **overrides) -> torch.nn.Module:
+    from timm.models.deit import VisionTransformerDistilled
+    from timm.models.vision_transformer import VisionTransformer
+
+    cls_name, kwargs = CASES[name]
+    cls = {"VisionTransformer": VisionTransformer,
+           "VisionTransformerDistilled": VisionTransformerDistilled}[cls_name]
+    torch.manual_seed(seed)
+    return randomize(cls(**{**kwargs, **overrides}), seed)
+
+
+def make_named(name: str, seed: int = 0, **kwargs) -> torch.nn.Module:
+    import timm
+
+    torch.manual_seed(seed)
+    return randomize(timm.create_model(name, pretrained=False, **kwargs), seed)
+
+
+def random_images(model: torch.nn.Module, n: int = 2, seed: int = 0) -> np.ndarray:
+    """Seeded standard-normal inputs `[n, H, W, C]` (NHWC, already 'normalised')."""
+    channels = model.patch_embed.proj.in_channels
+    height, width = model.patch_embed.img_size
+    return np.random.default_rng(seed).standard_normal((n, height, width, channels), np.float32)
+
+
+def set_fused(model: torch.nn.Module, fused: bool) -> None:
+    for block in model.blocks:
+        block.attn.fused_attn = fused
