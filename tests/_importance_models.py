@@ -21,7 +21,7 @@ CONFIGS = {
     "token": ViTConfig(**TINY),
     "avg": ViTConfig(**TINY, pool="avg", class_token=False, fc_norm=True),
     "distilled": ViTConfig(**TINY, distillation_token=True),
-    "registers": ViTConfig(**{**TINY, "depth": 2}, num_register_tokens=2),
+    "registers": ViTConfig(**{**TINY, "depth": 2}, num_register_tokens=2, layer_scale=True),
 }
 
 

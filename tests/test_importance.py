@@ -1,4 +1,4 @@
-"""`ablate_heads`, `taylor_importance`, `head_confidence` and the accumulator, each against an
+"""`ablate_heads`, `taylor_importance`, `head_confidence_per_image` and the accumulator, each against an
 independent computation: one full masked forward per head through `model(...)`, finite
 differences, the attention returned by the model, and means over all images at once."""
 
@@ -11,7 +11,8 @@ from _importance_models import (CONFIGS, naive_confidence, naive_logits, naive_m
                                 random_images, random_model)
 
 from vit_jax_va import PRUNE_MODES
-from vit_jax_va.head_scores import head_confidence, normalize_by_layer, taylor_importance
+from vit_jax_va.head_scores import (head_confidence_per_image, normalize_by_layer,
+                                    taylor_importance)
 from vit_jax_va.importance import ablate_heads
 from vit_jax_va.importance_stats import ImportanceAccumulator, head_importance
 
@@ -140,7 +141,7 @@ def test_head_confidence_from_returned_attention():
     images = random_images(config, 3, seed=9)
     attention = jax.jit(lambda x: model(x, return_attention=True).attention)(images)
     expected = naive_confidence(np.asarray(attention), config.num_prefix_tokens)
-    got = head_confidence(model, images, batch_size=2)
+    got = head_confidence_per_image(model, images, batch_size=2)
     np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
     assert got.min() > 0 and got.max() <= 1 and got.std() > 1e-3
 

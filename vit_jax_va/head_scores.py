@@ -3,8 +3,9 @@
 - `taylor_importance`: Michel et al. (2019), "Are Sixteen Heads Really Better than One?":
   I_h = E_x |dL(x) / d m_h| at head mask m = 1, the first-order estimate of the loss change
   when head h is pruned. One vectorised backward pass gives every head's gradient.
-- `head_confidence`: Voita et al. (2019), "Analyzing Multi-Head Self-Attention": the mean
-  over queries of a head's largest attention weight.
+- `head_confidence_per_image`: Voita et al. (2019), "Analyzing Multi-Head Self-Attention":
+  the mean over queries of a head's largest attention weight, for every head and image of a
+  model (`vit_jax_va.strength.head_confidence` computes it from given attention).
 
 Shapes: N images, L layers, H heads.
 """
@@ -96,12 +97,13 @@ def taylor_importance(model: ViT, images, labels=None, normalize: bool = False,
     return normalize_by_layer(scores) if normalize else scores
 
 
-def head_confidence(model: ViT, images, batch_size: int = 16) -> np.ndarray:
+def head_confidence_per_image(model: ViT, images, batch_size: int = 16) -> np.ndarray:
     """Voita et al.'s confidence of every head of the unpruned model: `[L, H, N]` in [0, 1].
 
     For each query, the largest attention weight it gives any key; averaged over the patch
     queries. Prefix-token queries (CLS, distillation, registers) are left out, as METHOD.md
-    leaves out the CLS query; keys include every token.
+    leaves out the CLS query; keys include every token. The layers run in a scan that keeps
+    only this statistic, never the `[N, L, H, T, T]` attention.
     """
     images = np.asarray(images, np.float32)
     n = images.shape[0]

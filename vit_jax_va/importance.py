@@ -31,6 +31,7 @@ from jax.sharding import Mesh, PartitionSpec
 
 from vit_jax_va.masks import PRUNE_MODES, prune_region
 from vit_jax_va.model import ViT
+from vit_jax_va.strength import head_confidence
 
 TOP_K = 5
 
@@ -58,7 +59,7 @@ class HeadAblation:
       baseline_logits: `[B, K]` logits of the unpruned model.
       reference: `[B]` int32 reference class: the label when given, else the unpruned top-1.
       head_confidence: `[L, H, B]` Voita et al.'s confidence of each unpruned head
-        (see `head_confidence`).
+        (`vit_jax_va.strength.head_confidence`: mean over patch queries of the largest weight).
     """
 
     modes: tuple[str, ...]
@@ -140,7 +141,7 @@ def _last_block_pooled(block, x: jax.Array, rows: int) -> jax.Array:
 
 def _confidence(attention: jax.Array, num_prefix_tokens: int) -> jax.Array:
     """Voita et al.'s head confidence from attention `[B, H, T, T]`: `[H, B]`."""
-    return attention[:, :, num_prefix_tokens:].max(axis=-1).mean(axis=-1).T
+    return head_confidence(attention, num_prefix_tokens).T
 
 
 def _metrics(logits: jax.Array, reference: jax.Array, baseline_logp: jax.Array) -> dict:
