@@ -1,5 +1,5 @@
-"""`ablate_heads`, `taylor_importance`, `head_confidence_per_image` and the accumulator, each against an
-independent computation: one full masked forward per head through `model(...)`, finite
+"""`ablate_heads`, `taylor_importance`, `head_confidence_per_image` and the accumulator, each
+against an independent computation: one full masked forward per head through `model(...)`, finite
 differences, the attention returned by the model, and means over all images at once."""
 
 import collections
