@@ -2,8 +2,10 @@
 
 `ablate_heads` prunes each head of each layer, wholly or partially (`vit_jax_va.masks`), and
 reports per image what the pruning did to the prediction. Done naively that is one forward
-pass per (mode, layer, head). Here it is one jitted program per image chunk, vectorised with
-`jax.vmap` over (mode, head) pairs, that skips what pruning cannot change:
+pass per (mode, layer, head). Here it is one jitted program per image chunk: a scan over the
+pruned layer, and within it the (mode, head) pairs vectorised with `jax.vmap` in chunks
+(`lax.map(..., batch_size=variant_chunk)`) so that memory stays bounded. It skips what pruning
+cannot change:
 
 - the layers before the pruned one: the unpruned model runs once and keeps each layer's input
   residual stream; pruned passes start at the pruned layer;
@@ -36,8 +38,9 @@ from vit_jax_va.strength import head_confidence
 TOP_K = 5
 
 # Bytes of the widest activation ([variants, B, T, hidden] float32) of one vectorised chunk of
-# pruned passes. Larger chunks were slower on CPU (vit_tiny, 16 images: 4 variants ~5 s,
-# 36 variants ~10 s), presumably because the chunk then no longer fits the 32 MB L3 cache.
+# pruned passes. Larger chunks were slower on a 2-core CPU (vit_tiny, 16 images, an earlier
+# layout of the same sweep: 4 variants ~5 s, 36 variants ~10 s), presumably because a chunk
+# then no longer fits the 32 MB L3 cache.
 _VARIANT_MEMORY_BUDGET = 48 * 2**20
 
 
