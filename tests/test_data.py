@@ -208,6 +208,10 @@ def _convertible_files(folder):
     palette = Image.fromarray(_rgb(5)).quantize(16)
     palette.save(folder / "e_palette.png")
     expected["e_palette.png"] = palette.convert("RGB")
+    grey = _rgb(6)[..., 0]
+    alpha = np.where(np.arange(64).reshape(8, 8) % 3 == 0, 0, 255).astype(np.uint8)
+    Image.fromarray(np.stack([grey, alpha], -1), "LA").save(folder / "f_grey_alpha.png")
+    expected["f_grey_alpha.png"] = Image.fromarray(np.where(alpha == 0, 0, grey))
     return expected
 
 
@@ -225,7 +229,7 @@ def test_flat_folder_converts_or_skips_every_bad_kind(tmp_path, config):
     # Iteration completed: every good image came out, in order, exactly as preprocess makes it.
     ids = [i for b in batches for i in b.ids]
     assert ids == sorted(expected)
-    assert [len(b.ids) for b in batches] == [2, 2, 1]
+    assert [len(b.ids) for b in batches] == [2, 2, 2]
     got = np.concatenate([b.images for b in batches])
     want = preprocess(config, [expected[i] for i in ids])
     np.testing.assert_array_equal(got, want)

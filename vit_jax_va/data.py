@@ -152,7 +152,7 @@ def to_8bit(image: Image.Image, *, background: int = 0) -> Image.Image:
     if mode.startswith("I"):
         values = np.asarray(image, dtype=np.float64)
         scaled = np.clip(np.rint(values * (255.0 / 65535.0)), 0, 255).astype(np.uint8)
-        return Image.fromarray(scaled, mode="L")
+        return Image.fromarray(scaled)
     if mode == "F":
         raise UnsupportedModeError("floating-point pixels (mode 'F') have no defined 0..255 range")
     if mode == "P":
@@ -163,10 +163,8 @@ def to_8bit(image: Image.Image, *, background: int = 0) -> Image.Image:
         return image.convert("L")
     if image.mode in ("RGBA", "LA", "La", "RGBa"):
         grey = image.mode in ("LA", "La")
-        image = image.convert("LA" if grey else "RGBA")
-        base = Image.new(image.mode, image.size, (background, 255) if grey else (background,) * 3 + (255,))
-        return Image.alpha_composite(base.convert("RGBA"), image.convert("RGBA")).convert(
-            "L" if grey else "RGB")
+        base = Image.new("RGBA", image.size, (background,) * 3 + (255,))
+        return Image.alpha_composite(base, image.convert("RGBA")).convert("L" if grey else "RGB")
     return image.convert("RGB")
 
 
