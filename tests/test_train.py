@@ -3,6 +3,7 @@ PatchDropout and normalisation do what they claim; `vit-va train-demo` writes th
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import jax
@@ -17,7 +18,7 @@ from vit_jax_va import ViTConfig, preprocess
 from vit_jax_va.cli import main
 from vit_jax_va.train import (DEMO_ARCHITECTURE, TrainSettings, augment, channel_stats,
                               demo_config, evaluate, forward_kept_patches, init_model, normalise,
-                              sample_per_class, train)
+                              sample_per_class, train_vit)
 
 TINY = ViTConfig(image_size=12, patch_size=2, in_channels=1, width=16, depth=2, num_heads=2,
                  num_classes=4, mean=(0.3,), std=(0.3,), interpolation="bilinear",
@@ -44,7 +45,7 @@ def mean_loss(model, images, labels) -> float:
 @pytest.fixture(scope="module")
 def tiny_run():
     images, labels = toy(320)
-    model, history = train(TINY, SETTINGS, images, labels, log=None)
+    model, history = train_vit(TINY, SETTINGS, images, labels, log=None)
     return images, labels, model, history
 
 
@@ -59,9 +60,9 @@ def test_one_epoch_lowers_the_loss(tiny_run):
 
 def test_training_is_reproducible_with_a_seed(tiny_run):
     images, labels, model, _ = tiny_run
-    again, _ = train(TINY, SETTINGS, images, labels, log=None)
+    again, _ = train_vit(TINY, SETTINGS, images, labels, log=None)
     assert vit_jax_va.weights_hash(again) == vit_jax_va.weights_hash(model)
-    other, _ = train(TINY, SETTINGS.__class__(**{**SETTINGS.to_dict(), "seed": 4}), images,
+    other, _ = train_vit(TINY, dataclasses.replace(SETTINGS, seed=4), images,
                      labels, log=None)
     assert vit_jax_va.weights_hash(other) != vit_jax_va.weights_hash(model)
 
@@ -117,7 +118,7 @@ def test_channel_stats_and_sample_per_class():
 def test_train_refuses_images_of_the_wrong_size():
     images, labels = toy(64, size=14)
     with pytest.raises(ValueError, match="images are 14x14x1; the model takes 12x12x1"):
-        train(TINY, SETTINGS, images, labels, log=None)
+        train_vit(TINY, SETTINGS, images, labels, log=None)
 
 
 def test_train_demo_cli_writes_the_demo_files(tmp_path, monkeypatch, capsys):

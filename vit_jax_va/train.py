@@ -2,8 +2,9 @@
 
 The model is this project's own `ViT`; the optimiser is Optax AdamW with linear warmup and
 cosine decay, global-norm clipping and weight decay on matrices only. Augmentation (random
-horizontal flip, random crop after zero padding) and normalisation run inside the jitted step
-on uint8 batches, so the host only gathers indices. Everything random is derived from one
+horizontal flip, optionally a random crop after zero padding), PatchDropout (a random half of
+the patch tokens per image, which makes a step about 2.5x cheaper on 197 tokens) and
+normalisation run inside the jitted step on uint8 batches, so the host only gathers indices. Everything random is derived from one
 seed: initialisation, the shuffling order, augmentation. Two runs with the same seed and data
 give identical weights on the same machine.
 
@@ -160,13 +161,14 @@ def _keys(seed: int) -> tuple[jax.Array, jax.Array, jax.Array]:
 
 
 def init_model(config: ViTConfig, seed: int) -> ViT:
-    """The untrained model that `train` starts from with this seed."""
+    """The untrained model that `train_vit` starts from with this seed."""
     return ViT(config, rngs=nnx.Rngs(params=_keys(seed)[0]))
 
 
-def train(config: ViTConfig, settings: TrainSettings, images: np.ndarray, labels: np.ndarray, *,
-          test_images: np.ndarray | None = None, test_labels: np.ndarray | None = None,
-          log: Callable[[str], None] | None = print) -> tuple[ViT, list[EpochLog]]:
+def train_vit(config: ViTConfig, settings: TrainSettings, images: np.ndarray,
+              labels: np.ndarray, *, test_images: np.ndarray | None = None,
+              test_labels: np.ndarray | None = None,
+              log: Callable[[str], None] | None = print) -> tuple[ViT, list[EpochLog]]:
     """Train a fresh `ViT(config)` on uint8 images.
 
     Args:
@@ -336,8 +338,8 @@ def train_demo(out: str | os.PathLike, *, data_dir: str | os.PathLike | None = N
         f"{config.num_tokens} tokens) on {len(train_set)} Fashion-MNIST images; "
         f"mean {mean[0]:.4f}, std {std[0]:.4f}; {settings}")
     start = time.perf_counter()
-    model, history = train(config, settings, train_set.images, train_set.labels,
-                           test_images=test_set.images, test_labels=test_set.labels, log=log)
+    model, history = train_vit(config, settings, train_set.images, train_set.labels,
+                               test_images=test_set.images, test_labels=test_set.labels, log=log)
     seconds = time.perf_counter() - start
 
     sample = sample_per_class(test_set.labels, sample_per_class_count)
