@@ -151,3 +151,15 @@ def test_train_demo_cli_writes_the_demo_files(tmp_path, monkeypatch, capsys):
     np.testing.assert_array_equal(images, test_images[indices])
     np.testing.assert_array_equal(labels, test_labels[indices])
     assert record["test_accuracy"] == evaluate(model, test_images, test_labels)
+
+
+def test_init_continues_from_given_weights(tiny_run):
+    images, labels, model, _ = tiny_run
+    before = vit_jax_va.weights_hash(model)
+    # With a zero learning rate (AdamW scales its weight decay by it too) nothing moves.
+    frozen = dataclasses.replace(SETTINGS, learning_rate=0.0, end_learning_rate=0.0)
+    same, _ = train_vit(TINY, frozen, images, labels, init=model, log=None)
+    assert vit_jax_va.weights_hash(same) == before
+    assert vit_jax_va.weights_hash(model) == before  # init is not modified
+    with pytest.raises(ValueError, match="init's config differs from config: width: 16 != 8"):
+        train_vit(TINY.replace(width=8), SETTINGS, images, labels, init=model, log=None)

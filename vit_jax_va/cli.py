@@ -60,7 +60,7 @@ def _train_demo(args: argparse.Namespace) -> int:
                              crop_padding=args.crop_padding, patch_keep=args.patch_keep,
                              full_token_epochs=args.full_token_epochs, seed=args.seed)
     train_demo(args.out, data_dir=args.data_dir, settings=settings, overwrite=args.overwrite,
-               command=" ".join(["vit-va", *args.argv]), log=lambda line: print(line, flush=True))
+               init_from=args.init_from, command=" ".join(["vit-va", *args.argv]), log=lambda line: print(line, flush=True))
     return 0
 
 
@@ -114,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--full-token-epochs", type=int, default=default.full_token_epochs,
                       help="final epochs trained with every token")
     demo.add_argument("--seed", type=int, default=default.seed)
+    demo.add_argument("--init-from", metavar="CHECKPOINT",
+                      help="continue from this checkpoint (fresh optimiser and schedule)")
     demo.add_argument("--overwrite", action="store_true", help="replace OUT/checkpoint if it exists")
     demo.set_defaults(run=_train_demo)
     return parser

@@ -167,15 +167,17 @@ def init_model(config: ViTConfig, seed: int) -> ViT:
 
 def train_vit(config: ViTConfig, settings: TrainSettings, images: np.ndarray,
               labels: np.ndarray, *, test_images: np.ndarray | None = None,
-              test_labels: np.ndarray | None = None,
+              test_labels: np.ndarray | None = None, init: ViT | None = None,
               log: Callable[[str], None] | None = print) -> tuple[ViT, list[EpochLog]]:
-    """Train a fresh `ViT(config)` on uint8 images.
+    """Train a fresh `ViT(config)` (or continue from `init`) on uint8 images.
 
     Args:
       config: the architecture and normalisation; `image_size` must equal the images' size.
       settings: the recipe (`TrainSettings`).
       images, labels: uint8 `[N, h, w]` (or `[N, h, w, c]`) and int `[N]` in 0..K-1.
       test_images, test_labels: optional held-out set, evaluated after every epoch.
+      init: start from this model's weights (its config must equal `config`) with a fresh
+        optimiser and schedule; it is not modified.
       log: called with one line per epoch (None: silent).
     Returns the trained model and one `EpochLog` per epoch.
     """
@@ -189,6 +191,13 @@ def train_vit(config: ViTConfig, settings: TrainSettings, images: np.ndarray,
 
     _, shuffle_key, augment_key = _keys(settings.seed)
     model = init_model(config, settings.seed)
+    if init is not None:
+        if init.config != config:
+            raise ValueError("init's config differs from config: "
+                             + ", ".join(f"{k}: {v!r} != {config.to_dict()[k]!r}"
+                                         for k, v in init.config.to_dict().items()
+                                         if config.to_dict()[k] != v))
+        nnx.update(model, jax.tree.map(jnp.copy, nnx.state(init)))
     graphdef, params = nnx.split(model)
     tx = make_optimizer(settings, steps_per_epoch)
     opt_state = tx.init(params)
@@ -316,8 +325,12 @@ def sample_per_class(labels: np.ndarray, per_class: int) -> np.ndarray:
 def train_demo(out: str | os.PathLike, *, data_dir: str | os.PathLike | None = None,
                settings: TrainSettings = TrainSettings(), sample_per_class_count: int = 100,
                architecture: dict[str, Any] | None = None, overwrite: bool = False,
-               command: str | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+               init_from: str | os.PathLike | None = None, command: str | None = None,
+               log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train the demo ViT on Fashion-MNIST and write the files `vit_jax_va.demo` ships.
+
+    `init_from` continues from a saved checkpoint (e.g. a further full-token stage with a fresh
+    schedule); its training record is kept under `initialised_from` in the new one.
 
     Writes, under the directory `out`:
       `checkpoint/` (`vit_jax_va.save`), `checkpoint/training.json` (accuracies, time, recipe,
@@ -325,7 +338,7 @@ def train_demo(out: str | os.PathLike, *, data_dir: str | os.PathLike | None = N
       int64 `indices` into the test split, `class_names`).
     Returns the contents of `training.json`.
     """
-    from vit_jax_va.checkpoint import save, weights_hash
+    from vit_jax_va.checkpoint import load, save, weights_hash
     from vit_jax_va.data import FASHION_MNIST_DIR, load_fashion_mnist
 
     out = Path(out)
@@ -334,12 +347,18 @@ def train_demo(out: str | os.PathLike, *, data_dir: str | os.PathLike | None = N
     test_set = load_fashion_mnist(data_dir, "test")
     mean, std = channel_stats(train_set.images)
     config = demo_config(mean, std, **(architecture or {}))
+    init, previous = None, None
+    if init_from is not None:
+        init = load(init_from)
+        record_path = Path(init_from) / "training.json"
+        previous = json.loads(record_path.read_text()) if record_path.is_file() else None
     log(f"training a {config.depth}-layer x {config.num_heads}-head ViT (width {config.width}, "
         f"{config.num_tokens} tokens) on {len(train_set)} Fashion-MNIST images; "
         f"mean {mean[0]:.4f}, std {std[0]:.4f}; {settings}")
     start = time.perf_counter()
     model, history = train_vit(config, settings, train_set.images, train_set.labels,
-                               test_images=test_set.images, test_labels=test_set.labels, log=log)
+                               test_images=test_set.images, test_labels=test_set.labels,
+                               init=init, log=log)
     seconds = time.perf_counter() - start
 
     sample = sample_per_class(test_set.labels, sample_per_class_count)
@@ -359,6 +378,8 @@ def train_demo(out: str | os.PathLike, *, data_dir: str | os.PathLike | None = N
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                     "jax": jax.__version__, "backend": jax.default_backend()},
     }
+    if init_from is not None:
+        record["initialised_from"] = previous if previous is not None else str(init_from)
     (checkpoint / "training.json").write_text(json.dumps(record, indent=2) + "\n")
     np.savez_compressed(out / "sample.npz", images=test_set.images[sample],
                         labels=test_set.labels[sample], indices=sample,
