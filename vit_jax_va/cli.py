@@ -1,6 +1,7 @@
 """`vit-va`: the command line.
 
     vit-va convert SOURCE OUT [--model-name NAME] [--num-classes K] [--img-size S] [--overwrite]
+    vit-va train-demo OUT [--data-dir DIR] [--epochs N] [--seed S] [--overwrite] ...
 
 Subcommands that need torch/timm (convert) import the `converters` package only when run, so
 the rest of the CLI works on the core install.
@@ -49,6 +50,20 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_demo(args: argparse.Namespace) -> int:
+    from vit_jax_va.train import TrainSettings, train_demo
+
+    settings = TrainSettings(epochs=args.epochs, batch_size=args.batch_size,
+                             learning_rate=args.lr, weight_decay=args.weight_decay,
+                             warmup_epochs=args.warmup_epochs,
+                             label_smoothing=args.label_smoothing, flip=not args.no_flip,
+                             crop_padding=args.crop_padding, patch_keep=args.patch_keep,
+                             full_token_epochs=args.full_token_epochs, seed=args.seed)
+    train_demo(args.out, data_dir=args.data_dir, settings=settings, overwrite=args.overwrite,
+               init_from=args.init_from, command=" ".join(["vit-va", *args.argv]), log=lambda line: print(line, flush=True))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vit-va",
@@ -72,11 +87,44 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--no-parity", action="store_true", help="skip the check against timm")
     convert.add_argument("--json", action="store_true", help="also print the parity as JSON")
     convert.set_defaults(run=_convert)
+
+    from vit_jax_va.train import TrainSettings
+
+    default = TrainSettings()
+    demo = commands.add_parser(
+        "train-demo", help="train the demo ViT on Fashion-MNIST",
+        description="Train the shipped demo model (28x28 greyscale, patch 2, 6 layers x 4 heads, "
+                    "width 64) on the Fashion-MNIST train split and evaluate it on the test split; "
+                    "writes OUT/checkpoint (with training.json) and OUT/sample.npz. The IDX files "
+                    "come from `apt-get install dataset-fashion-mnist` or --data-dir.")
+    demo.add_argument("out", help="output directory (the package ships vit_jax_va/demo)")
+    demo.add_argument("--data-dir", help="folder with the Fashion-MNIST IDX files "
+                                         "(default /usr/share/datasets/fashion-mnist)")
+    demo.add_argument("--epochs", type=int, default=default.epochs)
+    demo.add_argument("--batch-size", type=int, default=default.batch_size)
+    demo.add_argument("--lr", type=float, default=default.learning_rate, help="peak learning rate")
+    demo.add_argument("--weight-decay", type=float, default=default.weight_decay)
+    demo.add_argument("--warmup-epochs", type=float, default=default.warmup_epochs)
+    demo.add_argument("--label-smoothing", type=float, default=default.label_smoothing)
+    demo.add_argument("--no-flip", action="store_true", help="no random horizontal flips")
+    demo.add_argument("--crop-padding", type=int, default=default.crop_padding,
+                      help="random-crop padding in pixels (0: no crops)")
+    demo.add_argument("--patch-keep", type=float, default=default.patch_keep,
+                      help="fraction of patch tokens kept per training image (PatchDropout)")
+    demo.add_argument("--full-token-epochs", type=int, default=default.full_token_epochs,
+                      help="final epochs trained with every token")
+    demo.add_argument("--seed", type=int, default=default.seed)
+    demo.add_argument("--init-from", metavar="CHECKPOINT",
+                      help="continue from this checkpoint (fresh optimiser and schedule)")
+    demo.add_argument("--overwrite", action="store_true", help="replace OUT/checkpoint if it exists")
+    demo.set_defaults(run=_train_demo)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     try:
         return args.run(args)
     except (ValueError, FileNotFoundError, FileExistsError, TypeError) as err:
