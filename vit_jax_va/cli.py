@@ -64,6 +64,78 @@ def _train_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def resolve_model(spec: str, model_name: str | None = None):
+    """'demo', a vit_jax_va checkpoint directory, or a timm name/file (converted on the fly)."""
+    from pathlib import Path
+
+    import vit_jax_va
+
+    if spec == "demo":
+        from vit_jax_va.demo import load_demo_model
+
+        return load_demo_model()
+    path = Path(spec)
+    if path.is_dir():
+        return vit_jax_va.load(path)
+    try:
+        import converters
+    except ImportError as err:
+        raise ValueError(f"--model {spec!r} is not a vit_jax_va checkpoint directory; converting "
+                         f"a timm model needs pip install 'vit-jax-va[timm]' ({err})") from None
+    return converters.from_timm(spec, model_name=model_name)
+
+
+def resolve_data(spec: str):
+    """'demo', a folder of images (class sub-folders or flat), a folder of MNIST-style IDX
+    files (the test split is used), a text file listing image paths, or one image file."""
+    from pathlib import Path
+
+    from vit_jax_va import data
+
+    if spec == "demo":
+        from vit_jax_va.demo import load_demo_images
+
+        return load_demo_images()
+    path = Path(spec)
+    if path.is_dir():
+        if any("idx" in p.name for p in path.iterdir()):
+            return data.load_mnist(path, split="test")
+        return data.load_image_folder(path)
+    if path.is_file() and path.suffix == ".txt":
+        lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        return data.load_image_files([path.parent / line for line in lines])
+    if path.is_file():
+        return data.load_image_files([path])
+    raise FileNotFoundError(f"--data {spec!r}: no such folder or file")
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from vit_jax_va.sweep import Sweep, SweepOptions, usable_images
+
+    out = args.out
+    if out is None:
+        if args.model == "demo" and args.data == "demo":
+            out = Path(args.runs_dir) / "demo"
+        else:
+            out = Path(args.runs_dir) / f"{Path(args.model).stem}-{Path(args.data).stem}"
+    options = SweepOptions(**{k: v for k, v in dict(
+        modes=tuple(args.modes) if args.modes else None, batch_size=args.batch_size,
+        chunk_size=args.chunk_size, keep_attention=args.keep_attention,
+        pattern_images=args.pattern_images, projection=args.projection,
+        precision=args.precision, seed=args.seed).items() if v is not None})
+    if args.distributed:
+        import jax
+
+        jax.distributed.initialize()
+    model = resolve_model(args.model, args.model_name)
+    dataset = usable_images(resolve_data(args.data), args.images)
+    Sweep(model, dataset, out, options=options, model_source=args.model,
+          progress=not args.no_progress).run()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vit-va",
@@ -118,6 +190,44 @@ def build_parser() -> argparse.ArgumentParser:
                       help="continue from this checkpoint (fresh optimiser and schedule)")
     demo.add_argument("--overwrite", action="store_true", help="replace OUT/checkpoint if it exists")
     demo.set_defaults(run=_train_demo)
+
+    sweep = commands.add_parser(
+        "sweep", help="importance, strength and patterns of every head over a set of images",
+        description="Prune every head alone in every partial-pruning mode, measure attention "
+                    "strength and collect attention patterns for every image, train the pattern "
+                    "autoencoders, and write a results store that the explorer opens. With no "
+                    "arguments: the shipped demo model on the shipped images, into RUNS_DIR/demo. "
+                    "Killed and started again with the same arguments, it continues where it "
+                    "stopped; on a finished run it does nothing. Uses every device JAX sees.")
+    sweep.add_argument("--model", default="demo",
+                       help="'demo', a vit_jax_va checkpoint directory, or a timm model name "
+                            "or checkpoint file (default: demo)")
+    sweep.add_argument("--model-name", help="timm architecture of a --model checkpoint file")
+    sweep.add_argument("--data", default="demo",
+                       help="'demo', an image folder (one sub-folder per class, or flat), a "
+                            "folder of MNIST-style IDX files, a .txt list of image paths, or an "
+                            "image file (default: demo)")
+    sweep.add_argument("--out", help="run directory (default: RUNS_DIR/demo, or "
+                                     "RUNS_DIR/MODEL-DATA)")
+    sweep.add_argument("--runs-dir", default="runs", help="where runs go (default: runs)")
+    sweep.add_argument("--images", type=int, help="use only the first N images")
+    sweep.add_argument("--batch-size", type=int, help="images per jitted call (default 16)")
+    sweep.add_argument("--chunk-size", type=int, help="images per resumable chunk (default 64)")
+    sweep.add_argument("--modes", nargs="+", metavar="MODE",
+                       help="prune modes (default: all six: none head cls patch cross cls_cls)")
+    sweep.add_argument("--keep-attention", type=int,
+                       help="keep full attention of the first N images (default 4)")
+    sweep.add_argument("--pattern-images", type=int,
+                       help="images whose pattern items train the autoencoders (default 200)")
+    sweep.add_argument("--projection", choices=("tsne", "umap", "pca"),
+                       help="2-D projection of the pattern space (default tsne)")
+    sweep.add_argument("--precision", choices=("highest", "high", "default"),
+                       help="JAX matmul precision; 'default' is fastest on GPU/TPU (default highest)")
+    sweep.add_argument("--seed", type=int, help="seed of every random choice (default 0)")
+    sweep.add_argument("--distributed", action="store_true",
+                       help="call jax.distributed.initialize() first (multi-host runs)")
+    sweep.add_argument("--no-progress", action="store_true", help="no progress bars")
+    sweep.set_defaults(run=_sweep)
     return parser
 
 

@@ -1,0 +1,147 @@
+"""vit-va sweep end to end: the store's contents, kill -9 and resume, bad images, reruns."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax_cases import random_vit
+from PIL import Image
+
+import vit_jax_va
+from vit_jax_va import ViTConfig, store
+from vit_jax_va.data import ImageDataset
+from vit_jax_va.importance import ablate_heads
+from vit_jax_va.sweep import Sweep, SweepOptions, usable_images
+
+SMALL = dict(chunk_size=4, batch_size=4, pattern_images=6, projection="pca", curve_images=6)
+CONFIG = ViTConfig(image_size=16, patch_size=4, in_channels=1, mean=(0.5,), std=(0.25,), width=32,
+                   depth=2, num_heads=2, num_classes=3, crop_fraction=1.0,
+                   interpolation="bilinear", class_names=("a", "b", "c"))
+
+
+@pytest.fixture(scope="module")
+def in_memory_run(tmp_path_factory):
+    model = random_vit(CONFIG, seed=0)
+    rng = np.random.default_rng(0)
+    dataset = ImageDataset(rng.integers(0, 256, (10, 16, 16), dtype=np.uint8),
+                           labels=rng.integers(0, 3, 10), class_names=CONFIG.class_names,
+                           description={"source": "random pixels"})
+    out = tmp_path_factory.mktemp("runs") / "r"
+    Sweep(model, usable_images(dataset), out, options=SweepOptions(**SMALL), model_source="random",
+          progress=False, log=lambda _: None).run()
+    return model, dataset, out
+
+
+def test_store_holds_what_the_library_computes(in_memory_run):
+    model, dataset, out = in_memory_run
+    run = vit_jax_va.open_run(out)
+    images = next(dataset.batches(CONFIG, batch_size=10)).images
+    ablation = ablate_heads(model, images, dataset.labels, modes=vit_jax_va.PRUNE_MODES)
+    importance = run.arrays("importance")
+    for key in ("prob", "correct", "loss", "kl", "top5_classes", "baseline_prob", "reference"):
+        np.testing.assert_allclose(importance[key], getattr(ablation, key), atol=1e-6, err_msg=key)
+    attention = model(jnp.asarray(images), return_attention=True).attention
+    entropy = vit_jax_va.head_entropy(vit_jax_va.hop_profile(attention, CONFIG.grid, 1))
+    np.testing.assert_allclose(run.array("strength", "entropy"), entropy, atol=1e-5)
+    assert run.array("strength", "profile").shape == (10, 2, 2, 4)
+    assert run.array("importance", "taylor").shape == (2, 2, 10)
+    np.testing.assert_array_equal(run.array("images", "labels"), dataset.labels)
+    np.testing.assert_allclose(run.attention(0), np.asarray(attention[0]), atol=1e-6)
+    assert run.kept_attention() == [0, 1, 2, 3]
+    patch = run.arrays("patterns/patch")
+    assert patch["items"].shape == (6 * 4, 7, 7) and patch["head_xy"].shape == (4, 2)
+    assert run.arrays("patterns/cls")["items"].shape == (6 * 4, 2, 4, 4)
+    curve = run.arrays("curve")
+    assert curve["accuracy_most"].shape == curve["num_pruned"].shape == (5,)
+    assert run.array("images", "thumbnails").shape == (10, 16, 16, 1)
+    assert run.array("images", "overview_xy").shape == (10, 2)
+    assert run.manifest["complete"] and not (out / "chunks").exists()
+
+
+def test_finished_run_does_nothing_and_other_settings_are_refused(in_memory_run):
+    model, dataset, out = in_memory_run
+    said = []
+    before = (out / "manifest.json").read_text()
+    Sweep(model, usable_images(dataset), out, options=SweepOptions(**SMALL), model_source="random",
+          progress=False, log=said.append).run()
+    assert said == [f"{out}: the sweep is already complete; nothing to do"]
+    assert (out / "manifest.json").read_text() == before
+    with pytest.raises(store.RunError, match=r"other options settings \(options.seed: 0 -> 1\)"):
+        Sweep(model, usable_images(dataset), out, options=SweepOptions(**{**SMALL, "seed": 1}),
+              model_source="random", progress=False).run()
+    with pytest.raises(store.RunError, match=r"model.source: \"random\" -> \"other\""):
+        Sweep(model, usable_images(dataset), out, options=SweepOptions(**SMALL),
+              model_source="other", progress=False).run()
+
+
+# A converted random timm model on a folder of PNGs, through the CLI ---------------------------
+
+@pytest.fixture(scope="module")
+def timm_checkpoint_and_pngs(tmp_path_factory):
+    from timm_cases import make_case
+
+    import converters
+
+    root = tmp_path_factory.mktemp("timm_pngs")
+    model = converters.from_timm(make_case("token", num_classes=2))
+    vit_jax_va.save(model, root / "ckpt")
+    rng = np.random.default_rng(1)
+    for index in range(16):
+        folder = root / "pngs" / ("cat" if index % 2 else "dog")
+        folder.mkdir(parents=True, exist_ok=True)
+        size = (40 + index, 36)
+        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(folder / f"{index:02d}.png")
+    (root / "pngs" / "dog" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    return root / "ckpt", root / "pngs"
+
+
+def _sweep_cli(checkpoint, pngs, out):
+    return [sys.executable, "-m", "vit_jax_va.cli", "sweep", "--model", str(checkpoint),
+            "--data", str(pngs), "--out", str(out), "--chunk-size", "4", "--batch-size", "4",
+            "--pattern-images", "6", "--projection", "pca", "--no-progress"]
+
+
+def _arrays(run_dir):
+    return {str(p.relative_to(run_dir)): np.load(p) for p in sorted(Path(run_dir).rglob("*.npy"))
+            if "autoencoder" not in p.parts}
+
+
+def test_kill_and_resume_equals_an_uninterrupted_run(timm_checkpoint_and_pngs, tmp_path):
+    checkpoint, pngs = timm_checkpoint_and_pngs
+    whole = subprocess.run(_sweep_cli(checkpoint, pngs, tmp_path / "whole"), capture_output=True,
+                           text=True)
+    assert whole.returncode == 0, whole.stderr
+    assert "broken.png" in whole.stderr + whole.stdout  # the bad file is named, not fatal
+    manifest = json.loads((tmp_path / "whole" / "manifest.json").read_text())
+    assert manifest["data"]["num_images"] == 16
+    assert [s["path"].endswith("broken.png") for s in manifest["data"]["skipped_files"]] == [True]
+    assert manifest["data"]["class_names"] == ["cat", "dog"]
+
+    resumed = tmp_path / "resumed"
+    process = subprocess.Popen(_sweep_cli(checkpoint, pngs, resumed), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (resumed / "chunks" / "000000.npz").exists() and time.time() < deadline:
+        assert process.poll() is None, "the sweep ended before it could be killed"
+        time.sleep(0.01)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    killed = json.loads((resumed / "manifest.json").read_text())
+    assert not killed["complete"] and "collect" not in killed["stages_done"]
+    again = subprocess.run(_sweep_cli(checkpoint, pngs, resumed), capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    ours, reference = _arrays(resumed), _arrays(tmp_path / "whole")
+    assert sorted(ours) == sorted(reference) and len(ours) > 30
+    for name in reference:
+        np.testing.assert_array_equal(ours[name], reference[name], err_msg=name)
+    finished = subprocess.run(_sweep_cli(checkpoint, pngs, resumed), capture_output=True, text=True)
+    assert "nothing to do" in finished.stdout

@@ -1,0 +1,523 @@
+"""The batch sweep: importance, strength and patterns for every image, into a results store.
+
+Stages (each resumable; see `vit_jax_va.store` for what they write):
+
+1. analyse   per chunk of images: every head pruned alone in every mode (`ablate_heads`),
+             Taylor importance, the strength statistics of every head, pattern items of the
+             sampled images, full attention of the kept images. One `.npz` per chunk.
+2. collect   chunks -> the store's arrays, streamed (memory does not grow with the run).
+3. curve     cumulative pruning curves in the order of the mean probability drop.
+4. patterns  autoencoders for the patch and CLS pattern items, 2-D maps, clusters.
+5. overview  a 2-D layout of the images' pre-logit features (the image overview).
+
+A killed sweep (even `kill -9`) started again with the same arguments continues from the last
+finished chunk or stage and ends with the same results as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import platform
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from vit_jax_va import store
+from vit_jax_va.checkpoint import weights_hash
+from vit_jax_va.masks import PRUNE_MODES
+from vit_jax_va.model import ViT
+
+if TYPE_CHECKING:
+    from vit_jax_va.data import ImageDataset
+
+STAGES = ("analyse", "collect", "curve", "patterns", "overview")
+
+
+THUMBNAIL_PIXELS = 64
+
+
+def usable_images(dataset: "ImageDataset", max_images: int | None = None,
+                  log: Callable[[str], None] = print) -> "ImageDataset":
+    """The first `max_images` images of `dataset` that can be read, as a new data set.
+
+    Every file is opened once up front (`ImageDataset.check`), so a sweep knows its image count
+    before it starts and never meets a bad file halfway; the skipped files (name and reason)
+    travel in the data set's manifest.
+    """
+    if max_images is not None:
+        if max_images <= 0:
+            raise ValueError(f"--images must be positive, got {max_images}")
+        dataset = dataset.subset(range(min(max_images, len(dataset))))
+    skipped = dataset.check()
+    if not skipped:
+        return dataset
+    bad = {s.id for s in skipped}
+    for s in skipped:
+        log(f"skipping {s.path}: {s.reason}")
+    usable = [i for i, id_ in enumerate(dataset.ids) if id_ not in bad]
+    kept = dataset.subset(usable)
+    kept.description = {**kept.description,
+                        "skipped_files": [dataclasses.asdict(s) for s in skipped]}
+    return kept
+
+
+def thumbnail(image, config) -> np.ndarray:
+    """A small uint8 `[h, w, channels]` picture of an image for tooltips (at most 64 px)."""
+    from PIL import Image
+
+    picture = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))
+    picture = picture.convert("L" if config.in_channels == 1 else "RGB")
+    scale = min(1.0, THUMBNAIL_PIXELS / max(picture.size))
+    size = (max(1, round(picture.width * scale)), max(1, round(picture.height * scale)))
+    fixed = _fit(np.asarray(picture.resize(size, Image.Resampling.BILINEAR)), config)
+    return fixed if fixed.ndim == 3 else fixed[..., None]
+
+
+def _fit(pixels: np.ndarray, config) -> np.ndarray:
+    """Pad/crop a thumbnail to the fixed thumbnail size of `config` (so they stack)."""
+    height, width = thumbnail_shape(config)
+    out = np.zeros((height, width, *pixels.shape[2:]), np.uint8)
+    h, w = min(height, pixels.shape[0]), min(width, pixels.shape[1])
+    top, left = (height - h) // 2, (width - w) // 2
+    out[top:top + h, left:left + w] = pixels[:h, :w]
+    return out
+
+
+def thumbnail_shape(config) -> tuple[int, int]:
+    """(height, width) of every thumbnail in a run: the model input scaled to <= 64 px."""
+    scale = min(1.0, THUMBNAIL_PIXELS / max(config.image_size))
+    return tuple(max(1, round(s * scale)) for s in config.image_size)  # type: ignore[return-value]
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepOptions:
+    """Settings of a sweep; all of them are recorded in the manifest.
+
+    modes: prune modes swept for every head (`vit_jax_va.PRUNE_MODES`).
+    batch_size: images per jitted call. chunk_size: images per resumable unit of work.
+    keep_attention: the first this-many images keep their full attention `[L, H, T, T]`.
+    pattern_images: images (seeded choice) whose per-head pattern items train the autoencoders.
+    latent_dim, clusters, projection: the pattern space (`vit_jax_va.pattern_space`).
+    curve_images: images used for the cumulative pruning curves.
+    precision: JAX matmul precision of the sweep ("highest" = full float32 on GPU/TPU too).
+    seed: every random choice (pattern sample, autoencoder, projections).
+    """
+
+    modes: tuple[str, ...] = PRUNE_MODES
+    batch_size: int = 16
+    chunk_size: int = 64
+    keep_attention: int = 4
+    pattern_images: int = 200
+    latent_dim: int = 8
+    clusters: int = 8
+    projection: str = "tsne"
+    curve_images: int = 256
+    precision: str = "highest"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.modes if m not in PRUNE_MODES]
+        if unknown or not self.modes:
+            raise ValueError(f"modes must be a non-empty subset of {PRUNE_MODES}; got {self.modes}")
+        if "head" not in self.modes:
+            raise ValueError("modes must include 'head' (the curve and the summary rank heads by it)")
+        for name in ("batch_size", "chunk_size", "pattern_images", "latent_dim", "clusters",
+                     "curve_images"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for package in ("vit-jax-va", "jax", "jaxlib", "flax", "optax", "numpy", "scikit-learn"):
+        try:
+            out[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+class Sweep:
+    """One sweep run; `run()` does what is left to do. See the module docstring."""
+
+    def __init__(self, model: ViT, source: "ImageDataset", out: str | Path, *,
+                 options: SweepOptions = SweepOptions(), model_source: str = "",
+                 log: Callable[[str], None] = print, progress: bool = True):
+        if model.config.num_classes <= 0:
+            raise ValueError("the sweep needs a model with a classifier (num_classes > 0)")
+        if len(source) == 0:
+            raise ValueError("the sweep got no images")
+        self.model, self.source, self.options = model, source, options
+        self.path = Path(out).absolute()
+        self.log, self.progress = log, progress
+        self.config = model.config
+        self.num_images = len(source)
+        self.identity = {
+            "schema_version": store.SCHEMA_VERSION,
+            "model": {"config": self.config.to_dict(), "weights_sha256": weights_hash(model),
+                      "source": model_source},
+            "data": source.manifest(),
+            "options": dataclasses.asdict(options),
+        }
+        self.manifest: dict[str, Any] = {}
+
+    # Manifest -----------------------------------------------------------------------------
+
+    def _open(self) -> None:
+        path = self.path / store.MANIFEST
+        if path.is_file():
+            manifest = store.read_manifest(self.path)
+            for key in ("schema_version", "model", "data", "options"):
+                differences = _differences(_jsonable(manifest.get(key)),
+                                           _jsonable(self.identity[key]), key)
+                if differences:
+                    raise store.RunError(
+                        f"{self.path} holds a run with other {key} settings ("
+                        + "; ".join(differences[:5]) + "); choose another --out (or delete it)")
+            self.manifest = manifest
+        else:
+            if self.path.exists() and any(self.path.iterdir()):
+                raise store.RunError(f"{self.path} exists and is not a run; choose another --out")
+            self.manifest = {**self.identity, "versions": _versions(), "stages_done": [],
+                             "timings_s": {}, "complete": False, "created": time.time()}
+            store.write_json(path, self.manifest)
+
+    def _done(self, stage: str, seconds: float, **extra: Any) -> None:
+        self.manifest["stages_done"] = [*self.manifest["stages_done"], stage]
+        self.manifest["timings_s"][stage] = round(
+            self.manifest["timings_s"].get(stage, 0.0) + seconds, 3)
+        self.manifest.update(extra)
+        store.write_json(self.path / store.MANIFEST, self.manifest)
+
+    # Run ----------------------------------------------------------------------------------
+
+    def run(self) -> Path:
+        """Do every stage not done yet; returns the run directory."""
+        self._open()
+        if self.manifest.get("complete"):
+            self.log(f"{self.path}: the sweep is already complete; nothing to do")
+            return self.path
+        with jax.default_matmul_precision(self.options.precision):
+            for stage in STAGES:
+                if stage in self.manifest["stages_done"]:
+                    continue
+                start = time.perf_counter()
+                extra = getattr(self, f"_{stage}")() or {}
+                self._done(stage, time.perf_counter() - start, **extra)
+        store.remove_tree(self.path / "chunks")
+        self.manifest["complete"] = True
+        store.write_json(self.path / store.MANIFEST, self.manifest)
+        self._summary()
+        return self.path
+
+    def _bar(self, total: int, desc: str, unit: str):
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, desc=desc, unit=unit, disable=not self.progress,
+                    dynamic_ncols=True, file=sys.stderr)
+
+    # Stage 1: analyse ---------------------------------------------------------------------
+
+    def _chunks(self) -> list[tuple[int, int]]:
+        size = self.options.chunk_size
+        return [(s, min(s + size, self.num_images)) for s in range(0, self.num_images, size)]
+
+    def _load(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """Preprocessed images `[n, H, W, C]` and thumbnails `[n, h, w, c]` of `[start, stop)`."""
+        batches = list(self.source.batches(self.config, batch_size=stop - start,
+                                           indices=range(start, stop)))
+        if len(batches) != 1 or len(batches[0].images) != stop - start:
+            raise store.RunError(f"images {start}..{stop - 1} could not all be read again "
+                                 f"(changed on disk since the sweep started?): "
+                                 f"{[s.path for s in self.source.skipped]}")
+        thumbnails = np.stack([thumbnail(self.source.image(i), self.config)
+                               for i in range(start, stop)])
+        return batches[0].images, thumbnails
+
+    def _pattern_sample(self) -> np.ndarray:
+        rng = np.random.default_rng(self.options.seed)
+        count = min(self.options.pattern_images, self.num_images)
+        return np.sort(rng.choice(self.num_images, size=count, replace=False))
+
+    def _analyse(self) -> dict:
+        from vit_jax_va.head_scores import taylor_importance
+        from vit_jax_va.importance import ablate_heads
+
+        chunks = self._chunks()
+        folder = self.path / "chunks"
+        sampled = self._pattern_sample()
+        labels_all = self.source.labels
+        mesh = _data_mesh()
+        forward = _forward_fn(self.model)
+        todo = [(i, s, e) for i, (s, e) in enumerate(chunks)
+                if not (folder / f"{i:06d}.npz").is_file()]
+        with self._bar(self.num_images, "analyse", "img") as bar:
+            bar.update(self.num_images - sum(e - s for _, s, e in todo))
+            for index, start, stop in todo:
+                images, thumbnails = self._load(start, stop)
+                labels = None if labels_all is None else np.asarray(labels_all[start:stop])
+                ablation = ablate_heads(self.model, images, labels, modes=self.options.modes,
+                                        batch_size=self.options.batch_size, mesh=mesh)
+                taylor = taylor_importance(self.model, images, labels, per_image=True,
+                                           batch_size=self.options.batch_size)
+                chunk = {k: getattr(ablation, k) for k in _ABLATION_FIELDS}
+                chunk["taylor"] = taylor
+                chunk["thumbnails"] = thumbnails
+                chunk.update(self._attention_statistics(forward, images, start, sampled))
+                store.write_npz(folder / f"{index:06d}.npz", **chunk)
+                bar.update(stop - start)
+        return {}
+
+    def _attention_statistics(self, forward, images: np.ndarray, start: int,
+                              sampled: np.ndarray) -> dict[str, np.ndarray]:
+        """Per image: logits, features, strength statistics; pattern items of sampled images;
+        full attention of kept images (written straight to attention/)."""
+        from vit_jax_va.patterns import cls_maps, recentred_map
+        from vit_jax_va.strength import strength_statistics
+
+        c = self.config
+        parts: dict[str, list[np.ndarray]] = {}
+        batch = self.options.batch_size
+        for s in range(0, len(images), batch):
+            sub = images[s:s + batch]
+            n = len(sub)
+            logits, pre_logits, attention = forward(jnp.asarray(_pad(sub, batch)))
+            attention = attention[:n]
+            stats = strength_statistics(attention, c.grid, c.num_prefix_tokens, c.patch_size)
+            values = {"logits": logits[:n], "features": pre_logits[:n], **stats}
+            index = start + s + np.arange(n)
+            chosen = np.isin(index, sampled)
+            if chosen.any():
+                picked = attention[np.flatnonzero(chosen)]
+                values["patch_items"] = recentred_map(picked, c.grid, c.num_prefix_tokens)
+                if c.num_prefix_tokens:
+                    values["cls_items"] = cls_maps(picked, c.grid, c.num_prefix_tokens)
+                values["item_image"] = index[chosen]
+            for i in np.flatnonzero(index < self.options.keep_attention):
+                store.write_arrays(self.path / "attention", **{str(index[i]): np.asarray(attention[i])})
+            for key, value in values.items():
+                parts.setdefault(key, []).append(np.asarray(value))
+        return {k: np.concatenate(v) for k, v in parts.items()}
+
+    # Stage 2: collect ---------------------------------------------------------------------
+
+    def _collect(self) -> dict:
+        folder = self.path / "chunks"
+        paths = [folder / f"{i:06d}.npz" for i in range(len(self._chunks()))]
+        n = self.num_images
+
+        def parts(key):
+            # Pattern items exist only in the chunks that hold sampled images.
+            for path in paths:
+                with np.load(path, allow_pickle=False) as data:
+                    if key in data.files:
+                        yield data[key]
+
+        def has(key):
+            for path in paths:
+                with np.load(path, allow_pickle=False) as data:
+                    if key in data.files:
+                        return True
+            return False
+
+        importance = self.path / "importance"
+        for key in _ABLATION_FIELDS:
+            axis = 3 if key in _PER_HEAD else 0
+            store.concatenate_to_npy(importance, key, parts(key), axis=axis, total=n)
+        store.concatenate_to_npy(importance, "taylor", parts("taylor"), axis=2, total=n)
+        store.write_arrays(importance, modes=np.asarray(self.options.modes))
+        strength = self.path / "strength"
+        for key in ("profile", "entropy", "mean_distance", "cls_share", "confidence"):
+            store.concatenate_to_npy(strength, key, parts(key), axis=0, total=n)
+        images = self.path / "images"
+        store.concatenate_to_npy(images, "features", parts("features"), axis=0, total=n)
+        store.concatenate_to_npy(images, "thumbnails", parts("thumbnails"), axis=0, total=n)
+        logits = np.concatenate(list(parts("logits")))
+        probs = np.asarray(jax.nn.softmax(jnp.asarray(logits), axis=-1))
+        labels = (np.full(n, -1, np.int64) if self.source.labels is None
+                  else np.asarray(self.source.labels, np.int64))
+        store.write_arrays(images, ids=np.asarray([str(i) for i in self.source.ids]),
+                           labels=labels, prediction=probs.argmax(-1), probs=probs)
+        sample = len(self._pattern_sample())
+        for space, key in (("patch", "patch_items"), ("cls", "cls_items")):
+            if has(key):
+                target = self.path / "patterns" / space
+                store.concatenate_to_npy(target, "items", parts(key), axis=0, total=sample)
+                store.concatenate_to_npy(target, "item_image_raw", parts("item_image"), axis=0,
+                                         total=sample)
+        correct = probs.argmax(-1) == labels
+        return {"accuracy": float(correct.mean()) if self.source.labels is not None else None}
+
+    # Stage 3: curve -----------------------------------------------------------------------
+
+    def _curve(self) -> dict:
+        from vit_jax_va.pruning_curve import pruning_curve
+
+        run = store.Run(self.path, self.manifest)
+        imp = run.arrays("importance")
+        head = list(self.options.modes).index("head")
+        drop = (np.asarray(imp["baseline_prob"])[None, None] - np.asarray(imp["prob"][head])).mean(-1)
+        count = min(self.options.curve_images, self.num_images)
+        images, _ = self._load(0, count)
+        labels = None if self.source.labels is None else np.asarray(self.source.labels[:count])
+        curves = {}
+        with self._bar(2, "curve", "order") as bar:
+            for name, first in (("most", True), ("least", False)):
+                curve = pruning_curve(self.model, images, drop, labels, most_important_first=first,
+                                      batch_size=self.options.batch_size)
+                curves[f"order_{name}"] = curve.order
+                curves[f"accuracy_{name}"] = curve.accuracy
+                curves[f"prob_{name}"] = curve.mean_prob
+                curves["num_pruned"] = curve.num_pruned
+                bar.update(1)
+        store.write_arrays(self.path / "curve", metric=np.asarray("prob_drop"),
+                           num_images=np.asarray(count), **curves)
+        return {}
+
+    # Stage 4: patterns --------------------------------------------------------------------
+
+    def _patterns(self) -> dict:
+        from vit_jax_va.autoencoder import (reconstruction_errors, save_autoencoder,
+                                            train_autoencoder)
+        from vit_jax_va.patterns import pattern_space
+
+        c = self.config
+        errors = {}
+        spaces = [s for s in ("patch", "cls") if (self.path / "patterns" / s / "items.npy").is_file()]
+        with self._bar(len(spaces), "patterns", "space") as bar:
+            for space in spaces:
+                folder = self.path / "patterns" / space
+                raw = np.load(folder / "items.npy")  # [images, L, H, ...]
+                image = np.load(folder / "item_image_raw.npy")
+                items = raw.reshape(-1, *raw.shape[3:])
+                head = np.tile(np.arange(c.num_heads_total), len(raw))
+                item_image = np.repeat(image, c.num_heads_total)
+                rng = np.random.default_rng(self.options.seed)
+                heldout = rng.random(len(items)) < 0.15
+                autoencoder, log = train_autoencoder(items[~heldout], latent_dim=self.options.latent_dim,
+                                                     seed=self.options.seed)
+                err = reconstruction_errors(autoencoder, items[~heldout], items[heldout])
+                result = pattern_space(autoencoder, items, head, num_heads=c.num_heads_total,
+                                       n_clusters=min(self.options.clusters, len(items)),
+                                       projection=self.options.projection, seed=self.options.seed)
+                save_autoencoder(autoencoder, folder / "autoencoder", overwrite=True)
+                store.write_arrays(folder, items=items, item_image=item_image, item_head=head,
+                                   errors=np.asarray([err.autoencoder, err.pca]),
+                                   **dataclasses.asdict(result))
+                (folder / "item_image_raw.npy").unlink()
+                errors[space] = {"autoencoder_mse": err.autoencoder, "pca_mse": err.pca,
+                                 "components": err.components, "epochs": len(log.train_loss)}
+                bar.update(1)
+        return {"pattern_errors": errors}
+
+    # Stage 5: overview --------------------------------------------------------------------
+
+    def _overview(self) -> dict:
+        features = np.load(self.path / "images" / "features.npy")
+        store.write_arrays(self.path / "images",
+                           overview_xy=image_layout(features, seed=self.options.seed))
+        return {}
+
+    # Summary ------------------------------------------------------------------------------
+
+    def _summary(self) -> None:
+        run = store.open_run(self.path)
+        imp = run.arrays("importance")
+        c = self.config
+        head = list(self.options.modes).index("head")
+        drop = (np.asarray(imp["baseline_prob"])[None, None] - np.asarray(imp["prob"][head])).mean(-1)
+        top = np.argsort(-drop.reshape(-1))[:5]
+        lines = [f"sweep complete: {self.path}",
+                 f"  {self.num_images} images, {c.depth} layers x {c.num_heads} heads, "
+                 f"{len(self.options.modes)} prune modes"]
+        if self.manifest.get("accuracy") is not None:
+            lines.append(f"  accuracy {self.manifest['accuracy']:.2%}")
+        lines.append("  most important heads (mean drop of the reference-class probability when "
+                     "pruned): " + ", ".join(f"L{h // c.num_heads}H{h % c.num_heads} "
+                                             f"{drop.reshape(-1)[h]:+.3f}" for h in top))
+        for space, err in self.manifest.get("pattern_errors", {}).items():
+            lines.append(f"  {space} patterns: held-out MSE autoencoder {err['autoencoder_mse']:.4g}"
+                         f" vs PCA {err['pca_mse']:.4g} ({err['components']} components)")
+        lines.append("  time per stage: " + ", ".join(
+            f"{k} {v:.1f} s" for k, v in self.manifest["timings_s"].items()))
+        self.log("\n".join(lines))
+
+
+_PER_HEAD = ("prob", "correct", "loss", "kl", "top5_classes", "top5_probs")
+_ABLATION_FIELDS = _PER_HEAD + ("baseline_prob", "baseline_correct", "baseline_loss",
+                                "baseline_top5_classes", "baseline_top5_probs", "reference")
+
+
+def image_layout(features: np.ndarray, seed: int = 0) -> np.ndarray:
+    """2-D layout `[N, 2]` of image features `[N, C]` (t-SNE after PCA to 50 dims; PCA alone
+    for a handful of images or more than 20,000)."""
+    from sklearn.decomposition import PCA
+    from sklearn.manifold import TSNE
+
+    features = np.asarray(features, np.float64)
+    n = len(features)
+    if n < 5:
+        return np.zeros((n, 2), np.float32) if n < 2 else PCA(2).fit_transform(
+            np.pad(features, ((0, 0), (0, max(0, 2 - features.shape[1]))))).astype(np.float32)
+    reduced = PCA(min(50, n, features.shape[1]), random_state=seed).fit_transform(features)
+    if n > 20_000:
+        return reduced[:, :2].astype(np.float32)
+    tsne = TSNE(2, perplexity=min(30.0, (n - 1) / 3), init="pca", random_state=seed)
+    return tsne.fit_transform(reduced).astype(np.float32)
+
+
+def _forward_fn(model: ViT):
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def forward(images):
+        out = nnx.merge(graphdef, state)(images, return_attention=True)
+        return out.logits, out.pre_logits, out.attention
+
+    return forward
+
+
+def _data_mesh():
+    devices = jax.devices()
+    if len(devices) < 2:
+        return None
+    return jax.sharding.Mesh(np.asarray(devices), ("data",))
+
+
+def _pad(array: np.ndarray, size: int) -> np.ndarray:
+    if len(array) == size:
+        return array
+    return np.concatenate([array, np.zeros((size - len(array), *array.shape[1:]), array.dtype)])
+
+
+def _jsonable(value: Any) -> Any:
+    import json
+
+    return json.loads(json.dumps(value, default=store._json_default))
+
+
+def _differences(stored: Any, now: Any, path: str) -> list[str]:
+    """Where two JSON values differ, as 'path: stored -> now' lines."""
+    if isinstance(stored, dict) and isinstance(now, dict):
+        out = []
+        for key in sorted(set(stored) | set(now)):
+            out += _differences(stored.get(key), now.get(key), f"{path}.{key}")
+        return out
+    if stored != now:
+        return [f"{path}: {_brief(stored)} -> {_brief(now)}"]
+    return []
+
+
+def _brief(value: Any, limit: int = 80) -> str:
+    import json
+
+    text = json.dumps(value)
+    return text if len(text) <= limit else text[:limit] + "..."
