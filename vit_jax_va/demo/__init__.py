@@ -1,0 +1,59 @@
+"""The shipped demo: a small ViT trained on Fashion-MNIST and 1,000 Fashion-MNIST test images.
+
+Everything lives in this package folder, so the demo needs neither a download nor the Debian
+data package:
+
+    checkpoint/                 `vit_jax_va.save` directory of the model (28 x 28 greyscale,
+                                patch 2 -> 14 x 14 grid + CLS = 197 tokens, 6 layers x 4 heads,
+                                width 64); `checkpoint/training.json` records how it was trained
+                                and its test accuracy
+    sample.npz                  uint8 `images` [1000, 28, 28], int64 `labels` [1000], int64
+                                `indices` into the test split, `class_names` [10]: the first 100
+                                test images of every class, in test-split order
+    LICENSE-fashion-mnist.txt   the data set's MIT licence (c) 2017 Zalando SE, and attribution
+
+Made by `vit-va train-demo vit_jax_va/demo --overwrite` (see `vit_jax_va.train.train_demo`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DEMO_DIR = Path(__file__).resolve().parent
+CHECKPOINT = DEMO_DIR / "checkpoint"
+SAMPLE = DEMO_DIR / "sample.npz"
+TRAINING_RECORD = CHECKPOINT / "training.json"
+LICENSE = DEMO_DIR / "LICENSE-fashion-mnist.txt"
+
+
+def load_demo_model():
+    """The demo `ViT` (its config carries the class names and Fashion-MNIST's mean/std)."""
+    from vit_jax_va.checkpoint import load
+
+    return load(CHECKPOINT)
+
+
+def load_demo_images():
+    """The 1,000 shipped test images as an `ImageDataset`: uint8 images `[1000, 28, 28]`,
+    int64 labels `[1000]`, Fashion-MNIST class names, ids `test/<index in the test split>`."""
+    from vit_jax_va.data import ImageDataset
+
+    with np.load(SAMPLE) as sample:
+        images, labels = sample["images"], sample["labels"]
+        indices, class_names = sample["indices"], sample["class_names"]
+    return ImageDataset(images, labels=labels, class_names=[str(c) for c in class_names],
+                        ids=[f"test/{i}" for i in indices],
+                        description={"source": "fashion-mnist", "split": "test",
+                                     "selection": "first 100 images of each class",
+                                     "file": "vit_jax_va/demo/sample.npz",
+                                     "licence": "MIT, (c) 2017 Zalando SE (LICENSE-fashion-mnist.txt)"})
+
+
+def demo_training_record() -> dict[str, Any]:
+    """How the demo model was trained: test accuracy on the 10,000-image test split and on the
+    shipped sample (0..1), training seconds, epochs, seed, settings, the command."""
+    return json.loads(TRAINING_RECORD.read_text())
