@@ -1,11 +1,5 @@
-"""`panel serve explorer`: the explorer app (the linked views arrive with the explorer issue)."""
+"""`panel serve explorer [--args --runs DIR --run NAME]`: the linked-views explorer."""
 
-import panel as pn
+from explorer.app import build_app
 
-pn.extension()
-
-pn.Column(
-    "# vit-jax-va explorer",
-    "The linked importance, strength and pattern views are not built yet. "
-    "Meanwhile, `vit-va convert` turns a timm ViT into a vit_jax_va checkpoint.",
-).servable(title="vit-jax-va")
+build_app().template.servable(title="vit-jax-va explorer")

@@ -1,0 +1,475 @@
+"""The explorer app: one page with the four areas (A images, B importance, C strength,
+D patterns), a sidebar with the selection controls, and the links between the views.
+
+`build_app()` is called once per browser session (by `panel serve explorer` or `vit-va
+explore`): it creates that session's `ExplorerState`, its streams and its views, so sessions
+never share a selection. The run's arrays are opened once per process (`explorer.data.load_run`)
+and shared read-only.
+
+Where the runs are: `--runs DIR` / `--run NAME` after `panel serve explorer --args`, or the
+environment variables `VIT_VA_RUNS` and `VIT_VA_RUN` (and `--sweep-args "--images 200"` to make
+a missing demo run smaller); by default `runs/` in the working
+directory and its `demo` run. The run picker lists the runs directly under the runs directory
+and nothing else, so a browser cannot make the server open an arbitrary path. When the demo run
+does not exist yet it is computed first (the same sweep as `vit-va sweep`), with its progress
+shown in the page.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+
+import holoviews as hv
+import numpy as np
+import panel as pn
+from holoviews import streams
+
+from explorer import views
+from explorer.data import METRICS, MODE_LABELS, SCOPES, RunData, load_run
+from explorer.state import ExplorerState
+from vit_jax_va import store
+from vit_jax_va.masks import PRUNE_MODES
+
+RUNS_ENV, RUN_ENV = "VIT_VA_RUNS", "VIT_VA_RUN"
+DEMO_RUN = "demo"
+
+NOTES = {
+    "A": "Every analysed image, placed by its features (t-SNE); colour is the class, opacity the "
+         "probability the model gives the true class. Hover for the thumbnail; click an image "
+         "(or type its id in the sidebar) to select it. B and D follow the selected image.",
+    "B": "**B1**: the metric when one head is pruned (its attention zeroed), for every head: a "
+         "dip marks a head the prediction needs. Click a dot or a heat-map cell to select a head. "
+         "**B2**: the same for the six partial-pruning modes (grey blocks of the glyph are "
+         "zeroed: top row / left column = CLS, the rest = patches); click a bar to choose the "
+         "mode of **B3**, the top-5 after that pruning. The curve prunes heads cumulatively: "
+         "a good ranking loses accuracy fast when the most important go first.",
+    "C": "**C1**: entropy of each head's n-hop strength profile (0 = all attention on one ring, "
+         "ln(rings) = flat); early layers spread out, late layers are global. Click a dot or "
+         "box-select several. **C2**: strength at each hop d for the selected head. **C3**: how "
+         "the head's entropy varies over all images, the selected image in red. Right: the "
+         "mean attention distance per layer (local to global).",
+    "D": "**D1**: every (image, head) pattern on a 2-D map (grey density) and one dot per head "
+         "(colour = layer); click or box-select heads, toggle patch / CLS patterns in the "
+         "sidebar, click a prototype to select the heads of its cluster. **D2**: the image with "
+         "the selected source token's attention; click a patch to make it the source. **D3**: "
+         "links from source tokens (top) to the targets they attend to (bottom), CLS links blue, "
+         "patch links orange, above the threshold. **D4**: the full attention matrix (click a "
+         "row to choose the source). **D5**: the values' histogram; click to set the threshold.",
+}
+
+
+def settings(argv: list[str] | None = None) -> tuple[Path, str, tuple[str, ...]]:
+    """(runs directory, run name, extra `vit-va sweep` arguments for a missing demo run) from
+    `--runs/--run/--sweep-args` arguments, the environment, or defaults."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--runs", default=os.environ.get(RUNS_ENV, "runs"))
+    parser.add_argument("--run", default=os.environ.get(RUN_ENV, DEMO_RUN))
+    parser.add_argument("--sweep-args", default="", help='e.g. "--images 200" for a quicker demo run')
+    args, _ = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    return Path(args.runs).absolute(), args.run, tuple(shlex.split(args.sweep_args))
+
+
+def run_names(runs_dir: Path) -> list[str]:
+    """Names of the runs directly under `runs_dir`."""
+    return [p.name for p in store.list_runs(runs_dir)]
+
+
+# The demo sweep, run once per process in the background --------------------------------------
+
+class SweepJob:
+    """The demo sweep in a background thread; sessions poll it to show its progress.
+
+    `sweep_args` are extra `vit-va sweep` arguments (the tests make a small demo run)."""
+
+    def __init__(self, out: Path, sweep_args: tuple[str, ...] = ()):
+        self.out, self.sweep_args = out, tuple(sweep_args)
+        self.stage, self.done, self.total = "starting", 0, 1
+        self.stages_seen: list[str] = []
+        self.lines: list[str] = []
+        self.error: str | None = None
+        self.finished = False
+        self._thread = threading.Thread(target=self._run, name="vit-va-demo-sweep", daemon=True)
+
+    def start(self) -> "SweepJob":
+        self._thread.start()
+        return self
+
+    def log(self, text: str) -> None:
+        self.lines.extend(str(text).splitlines())
+        del self.lines[:-20]
+
+    def _run(self) -> None:
+        try:
+            from explorer.sweeping import run_demo_sweep
+
+            run_demo_sweep(self.out, log=self.log, progress=self._progress, extra_args=self.sweep_args)
+        except Exception as err:  # shown in the page: the user needs to know why
+            self.error = f"{type(err).__name__}: {err}"
+            self.log(traceback.format_exc())
+        finally:
+            self.finished = True
+
+    def _progress(self, stage: str, done: int, total: int) -> None:
+        self.stage, self.done, self.total = stage, done, max(total, 1)
+        if not self.stages_seen or self.stages_seen[-1] != stage:
+            self.stages_seen.append(stage)
+
+
+_JOBS: dict[str, SweepJob] = {}
+_JOBS_LOCK = threading.Lock()
+
+
+def demo_sweep(out: Path, sweep_args: tuple[str, ...] = ()) -> SweepJob:
+    """The (one per process and output directory) background sweep that makes the demo run."""
+    with _JOBS_LOCK:
+        job = _JOBS.get(str(out))
+        if job is None or (job.finished and job.error):
+            job = _JOBS[str(out)] = SweepJob(out, sweep_args).start()
+        return job
+
+
+# Linking helpers ------------------------------------------------------------------------------
+
+def dynamic(fn, data: RunData, state: ExplorerState, params: list[str],
+            clicks: streams.Stream | None = None) -> hv.DynamicMap:
+    """A DynamicMap of `fn(data, state)` that re-renders when any of `params` changes.
+
+    `clicks` (a `Tap`) is given to the DynamicMap itself rather than linked by `source=`:
+    HoloViews does not attach a sourced stream to a DynamicMap that returns an overlay.
+    """
+    return hv.DynamicMap(lambda **_: fn(data, state),
+                         streams=[streams.Params(state, params), *([clicks] if clicks else [])])
+
+
+SELECTION = ["head", "heads"]
+IMPORTANCE = ["metric", "scope", "scope_class", "image", *SELECTION]
+
+
+class ExplorerViews:
+    """The views of one run for one session, with their streams wired to the state."""
+
+    def __init__(self, data: RunData, state: ExplorerState):
+        self.data, self.state = data, state
+        d, s = data, state
+        self.streams: dict[str, streams.Stream] = {}
+
+        # A
+        points = views.image_points(d)
+        self.image_overview = points * dynamic(views.image_marker, d, s, ["image"])
+        self._on("A", streams.Selection1D(source=points), self._image_selected)
+
+        # B
+        # The values and the selection marks are separate layers, so that selecting a head
+        # re-renders the marks only.
+        values = ["metric", "scope", "scope_class", "image"]
+        self.b1_line = (dynamic(views.head_importance_values, d, s, values,
+                                self._on("B1", streams.Tap(), self._b1_tap))
+                        * dynamic(views.head_importance_marks, d, s, IMPORTANCE)).opts(
+            xticks=[(l * d.num_heads, f"L{l}") for l in range(d.depth)], **views.B1_LINE_OPTIONS)
+        self.b1_heatmap = (dynamic(views.head_importance_cells, d, s, values,
+                                   self._on("B1 heat map", streams.Tap(), self._heatmap_tap))
+                           * dynamic(views.head_importance_boxes, d, s, IMPORTANCE)).opts(
+            **views.heatmap_options(d))
+        self.b2 = dynamic(views.partial_pruning_bars, d, s, [*IMPORTANCE, "mode"],
+                          self._on("B2", streams.Tap(), self._b2_tap))
+        self.b3 = pn.pane.Markdown(pn.bind(lambda *_: views.top5_markdown(d, s), s.param.image,
+                                           s.param.head, s.param.mode), width=330)
+        self.curve = views.pruning_curve(d)
+
+        # C
+        c1_dots = dynamic(views.entropy_points, d, s, ["scope", "scope_class", "image"])
+        self.c1 = (c1_dots * dynamic(views.entropy_highlight, d, s,
+                                     ["scope", "scope_class", "image", *SELECTION])).opts(
+            width=340, height=280, xlabel="layer", ylabel="entropy (nats)", toolbar="above",
+            xticks=list(range(d.depth)) if d.depth <= 24 else 12)
+        self._on("C1", streams.Selection1D(source=c1_dots), self._heads_selected)
+        self.c2 = dynamic(views.hop_profile_view, d, s, ["image", *SELECTION])
+        self.c3 = dynamic(views.entropy_distribution, d, s, ["image", *SELECTION])
+        self.trend = dynamic(views.distance_trend, d, s, SELECTION)
+
+        # D
+        density = dynamic(views.pattern_density, d, s, ["space"])
+        d1_heads = dynamic(views.pattern_heads, d, s, ["space"])
+        self.d1 = (density * d1_heads * dynamic(views.pattern_highlight, d, s, ["space", *SELECTION])).opts(
+            width=450, height=420, xaxis=None, yaxis=None, toolbar="above")
+        self._on("D1", streams.Selection1D(source=d1_heads), self._heads_selected)
+        self.prototypes = dynamic(views.prototype_strip, d, s, ["space"],
+                                  self._on("D1 prototypes", streams.Tap(), self._prototype_tap))
+        detail = ["image", "head", "source_token", "threshold"]
+        self.d2 = dynamic(views.image_attention, d, s, detail, self._on("D2", streams.Tap(), self._d2_tap))
+        self.d3 = dynamic(views.attention_links, d, s, detail)
+        self.d4 = dynamic(views.attention_matrix, d, s, ["image", "head", "source_token"],
+                          self._on("D4", streams.Tap(), self._d4_tap))
+        self.d5 = dynamic(views.attention_histogram, d, s, ["image", "head", "threshold"],
+                          self._on("D5", streams.Tap(), self._d5_tap))
+
+    def _on(self, name: str, stream, callback):
+        stream.add_subscriber(callback)
+        self.streams[name] = stream
+        return stream
+
+    @property
+    def plots(self) -> dict[str, object]:
+        """Every HoloViews view by name (for rendering and tests)."""
+        return {"A": self.image_overview, "B1": self.b1_line, "B1 heat map": self.b1_heatmap,
+                "B2": self.b2, "curve": self.curve, "C1": self.c1, "C2": self.c2, "C3": self.c3,
+                "distance": self.trend, "D1": self.d1, "D1 prototypes": self.prototypes,
+                "D2": self.d2, "D3": self.d3, "D4": self.d4, "D5": self.d5}
+
+    # Stream callbacks: a click sets the state; the views follow -----------------------------
+
+    def _image_selected(self, index) -> None:
+        if index:
+            self.state.select_image(index[0])
+
+    def _heads_selected(self, index) -> None:
+        if not index:
+            return
+        chosen = sorted(int(i) for i in index)
+        if self.state.head in chosen:  # keep the primary head when a brush still covers it
+            chosen.remove(self.state.head)
+            chosen.insert(0, self.state.head)
+        self.state.select_heads(chosen)
+
+    def _b1_tap(self, x, y) -> None:
+        if x is not None:
+            self.state.select_head(int(np.clip(round(x), 0, self.data.num_heads_total - 1)))
+
+    def _heatmap_tap(self, x, y) -> None:
+        if x is None or y is None:
+            return
+        head, layer = round(x), round(y)
+        if 0 <= head < self.data.num_heads and 0 <= layer < self.data.depth:
+            self.state.select_head(layer * self.data.num_heads + head)
+
+    def _b2_tap(self, x, y) -> None:
+        if x is not None and -0.5 <= x < len(PRUNE_MODES) - 0.5:
+            self.state.mode = PRUNE_MODES[int(round(x))]
+
+    def _prototype_tap(self, x, y) -> None:
+        if x is None:
+            return
+        _, w = self.data.prototypes(self.state.space).shape[1:]
+        heads = self.data.heads_of_cluster(self.state.space, int(x // (w + 1)))
+        if heads:
+            self.state.select_heads(heads)
+
+    def _d2_tap(self, x, y) -> None:
+        rows, cols = self.data.grid
+        if x is None or y is None or not (0 <= x < cols and 0 <= y < rows):
+            return
+        row, col = rows - 1 - int(y), int(x)
+        self.state.source_token = self.data.num_prefix + row * cols + col
+
+    def _d4_tap(self, x, y) -> None:
+        if y is not None and -0.5 <= y < self.data.num_tokens - 0.5:
+            self.state.source_token = int(round(y))
+
+    def _d5_tap(self, x, y) -> None:
+        if x is not None:
+            self.state.threshold = float(np.clip(x, 0.0, 1.0))
+
+
+# Layout -------------------------------------------------------------------------------------
+
+def _note(key: str) -> pn.pane.Markdown:
+    return pn.pane.Markdown(f"*How to read this:* {NOTES[key]}", styles={"font-size": "12px", "color": "#555"},
+                            sizing_mode="stretch_width", margin=(0, 10))
+
+
+def _area(letter: str, title: str, *rows, **size) -> pn.Card:
+    size = size or {"sizing_mode": "stretch_width"}
+    if "min_width" in size:
+        size["sizing_mode"] = "stretch_width"
+    return pn.Card(*rows, _note(letter), title=f"{letter} · {title}", collapsible=False,
+                   css_classes=[f"area-{letter.lower()}"], name=f"area-{letter}", **size)
+
+
+def main_area(v: ExplorerViews) -> pn.Column:
+    """The four areas, laid out like paper-system-overview.png: A beside B, then C, then D."""
+    hvpane = lambda obj: pn.pane.HoloViews(obj, linked_axes=False)  # noqa: E731
+    a = _area("A", "Image overview", hvpane(v.image_overview), width=490)
+    b = _area("B", "Head importance",
+              pn.Row(hvpane(v.b1_line), hvpane(v.b1_heatmap)),
+              pn.Row(hvpane(v.b2), v.b3, hvpane(v.curve)), min_width=980)
+    c = _area("C", "Attention strength", pn.Row(hvpane(v.c1), hvpane(v.c2), hvpane(v.c3), hvpane(v.trend)))
+    d = _area("D", "Attention patterns",
+              pn.Row(pn.Column(hvpane(v.d1), hvpane(v.prototypes)),
+                     pn.Column(pn.Row(hvpane(v.d2), hvpane(v.d4), hvpane(v.d5)), hvpane(v.d3))))
+    return pn.Column(pn.Row(a, b, sizing_mode="stretch_width"), c, d, sizing_mode="stretch_width")
+
+
+def controls(data: RunData, state: ExplorerState) -> pn.Column:
+    """Sidebar widgets bound to the state: image, head, metric, scope, mode, threshold, space."""
+    s = state
+    image_id = pn.widgets.TextInput(label="image id", placeholder="e.g. " + data.ids[0])
+    image_index = pn.widgets.IntInput.from_param(s.param.image, label="image index")
+    found = pn.pane.Markdown("", margin=(0, 10), styles={"font-size": "12px"})
+
+    def search(event):
+        index = data.find_image(event.new)
+        if index is None:
+            found.object = f"no image with id `{event.new}`"
+        else:
+            found.object = ""
+            s.select_image(index)
+    image_id.param.watch(search, "value")
+    thumb = pn.pane.HTML(pn.bind(lambda i: f'<img src="{data.thumbnail_png(i)}" width="96" height="96" '
+                                           f'style="image-rendering:pixelated;border:1px solid #ccc"/>'
+                                           f'<div style="font-size:12px">{data.image_name(i)}</div>',
+                                 s.param.image), height=130)
+
+    head_names = {data.head_name(h): h for h in range(data.num_heads_total)}
+    head_select = pn.widgets.Select(label="head", options=head_names, value=s.head)
+    head_select.param.watch(lambda e: s.select_head(e.new) if e.new != s.head else None, "value")
+    s.param.watch(lambda e: setattr(head_select, "value", e.new), "head")
+    selected = pn.pane.Markdown(pn.bind(lambda heads: f"{len(heads)} head(s) selected: " + ", ".join(
+        f"L{h // data.num_heads}H{h % data.num_heads}" for h in heads[:24]) + (" ..." if len(heads) > 24 else ""),
+        s.param.heads), styles={"font-size": "12px"}, margin=(0, 10))
+
+    metric = pn.widgets.Select.from_param(s.param.metric, label="metric (B1, B2)")
+    metric_help = pn.pane.Markdown(pn.bind(lambda m: f"*{METRICS[m]}*", s.param.metric),
+                                   styles={"font-size": "12px"}, margin=(0, 10))
+    scope = pn.widgets.RadioButtonGroup.from_param(s.param.scope, label="scope", options=list(SCOPES))
+    classes = {"(the image's class)": -1, **{n: i for i, n in enumerate(data.class_names)}}
+    scope_class = pn.widgets.Select(label="class of the class scope", options=classes, value=s.scope_class)
+    scope_class.link(s, value="scope_class")
+    mode = pn.widgets.Select(label="prune mode (B3)", options={MODE_LABELS[m]: m for m in PRUNE_MODES},
+                             value=s.mode)
+    mode.link(s, value="mode")
+    s.param.watch(lambda e: setattr(mode, "value", e.new), "mode")
+    threshold = pn.widgets.FloatSlider.from_param(s.param.threshold, label="link threshold (D2, D3, D5)",
+                                                  step=0.005)
+    space = pn.widgets.RadioButtonGroup.from_param(s.param.space, label="pattern space (D1)")
+    token = pn.widgets.IntInput.from_param(s.param.source_token, label="source token (0 = CLS)")
+    return pn.Column(
+        "### Image", image_id, found, image_index, thumb,
+        "### Head", head_select, selected,
+        "### Importance", metric, metric_help, "scope", scope, scope_class, mode,
+        "### Patterns", space, token, threshold, sizing_mode="stretch_width")
+
+
+def pattern_errors(data: RunData) -> str:
+    """The autoencoders' held-out reconstruction error against PCA (METHOD.md section 3)."""
+    parts = [f"{space} {p['errors'][0]:.2g} vs PCA {p['errors'][1]:.2g}"
+             for space, p in data.patterns.items() if len(p.get("errors", ())) == 2]
+    return (" Pattern autoencoder held-out MSE: " + "; ".join(parts) + ".") if parts else ""
+
+
+class ExplorerApp:
+    """The page of one session: a run picker, then the explorer of the chosen run (or the
+    progress of the demo sweep while it runs)."""
+
+    def __init__(self, runs_dir: Path, run: str = DEMO_RUN, sweep_args: tuple[str, ...] = ()):
+        self.runs_dir = Path(runs_dir)
+        self.sweep_args = tuple(sweep_args)
+        self.job: SweepJob | None = None
+        self.views: ExplorerViews | None = None
+        self.state: ExplorerState | None = None
+        names = run_names(self.runs_dir)
+        options = sorted(set(names) | ({run} if run == DEMO_RUN else set()))
+        self.picker = pn.widgets.Select(label="run", options=options or [run], value=run)
+        self.picker.param.watch(lambda e: self.open(e.new), "value")
+        self.sidebar = pn.Column(sizing_mode="stretch_width")
+        self.main = pn.Column(sizing_mode="stretch_width")
+        self._poll = None
+        # BootstrapTemplate: unlike the Fast templates it fetches no web font, so the page
+        # works offline.
+        self.template = pn.template.BootstrapTemplate(
+            title="vit-jax-va explorer: how does attention work in this ViT?",
+            sidebar=[self.picker, self.sidebar], main=[self.main], sidebar_width=290,
+            header_background="#2b5fa8")
+        self.open(run)
+
+    def open(self, name: str) -> None:
+        """Show run `name` (one of the runs directory's runs; nothing else is opened)."""
+        if name not in run_names(self.runs_dir) and name != DEMO_RUN:
+            self._message(f"No run named `{name}` in `{self.runs_dir}`.")
+            return
+        path = self.runs_dir / name
+        try:
+            data = load_run(path)
+        except (store.RunError, FileNotFoundError) as err:
+            missing = not (path / store.MANIFEST).is_file() or "incomplete" in str(err)
+            if name == DEMO_RUN and missing:  # compute it (or finish it) first
+                self._show_sweep(path)
+            else:
+                self._message(f"Cannot open run `{name}`: {err}")
+            return
+        self.show(data)
+
+    def show(self, data: RunData) -> None:
+        self.state = ExplorerState(data)
+        self.views = ExplorerViews(data, self.state)
+        self.sidebar[:] = [controls(data, self.state)]
+        self.main[:] = [pn.pane.Markdown(
+            f"**Run** `{data.name}`: {data.num_images} images, {data.depth} layers x "
+            f"{data.num_heads} heads, {data.grid[0]}x{data.grid[1]} patches + "
+            f"{data.num_prefix} prefix token(s); model `{data.run.manifest['model'].get('source', '?')}`."
+            + pattern_errors(data),
+            margin=(0, 10)), main_area(self.views)]
+
+    def _message(self, text: str) -> None:
+        self.sidebar[:] = []
+        self.main[:] = [pn.pane.Alert(text, alert_type="warning")]
+
+    def _show_sweep(self, path: Path) -> None:
+        job = self.job = demo_sweep(path, self.sweep_args)
+        bar = pn.indicators.Progress(name="sweep", value=0, max=100, width=500)
+        status = pn.pane.Markdown("", margin=(0, 10))
+        log = pn.pane.Str("", styles={"font-size": "11px"})
+        self.sidebar[:] = []
+        self.main[:] = [pn.pane.Markdown(
+            f"## Computing the demo run\nThe demo run does not exist yet, so the explorer is "
+            f"running the sweep (`vit-va sweep`) into `{path}` first. This page switches to "
+            f"the explorer when it is done."), bar, status, log]
+
+        def update():
+            bar.value = int(100 * job.done / job.total)
+            status.object = f"**{job.stage}**: {job.done} / {job.total}"
+            log.object = "\n".join(job.lines[-12:])
+            if job.finished:
+                self._stop_poll()
+                if job.error:
+                    self._message(f"The demo sweep failed: {job.error}")
+                else:
+                    self.picker.options = sorted(set(run_names(self.runs_dir)) | {DEMO_RUN})
+                    self.open(DEMO_RUN)
+        if pn.state.curdoc is not None:
+            self._poll = pn.state.add_periodic_callback(update, period=500)
+        else:  # not served (tests): wait here
+            while not job.finished:
+                time.sleep(0.2)
+            update()
+
+    def _stop_poll(self) -> None:
+        if self._poll is not None:
+            self._poll.stop()
+            self._poll = None
+
+
+def build_app(runs_dir: str | Path | None = None, run: str | None = None,
+              sweep_args: tuple[str, ...] = ()) -> ExplorerApp:
+    """One session's explorer: call once per browser session (creates its own state)."""
+    pn.extension(sizing_mode="fixed", notifications=False)
+    hv.extension("bokeh", logo=False)
+    views.set_defaults()
+    default_dir, default_run, default_sweep_args = settings()
+    return ExplorerApp(Path(runs_dir) if runs_dir is not None else default_dir, run or default_run,
+                       sweep_args or default_sweep_args)
+
+
+def serve(runs_dir: str | Path, run: str = DEMO_RUN, *, port: int = 5006,
+          address: str = "localhost", show: bool = False) -> None:
+    """Serve the explorer (`vit-va explore`) until interrupted; one app per browser session."""
+    runs_dir = Path(runs_dir).absolute()
+    pn.serve(lambda: build_app(runs_dir, run).template, port=port, address=address, show=show,
+             title="vit-jax-va explorer", websocket_origin=[f"{address}:{port}"],
+             print_url=True)

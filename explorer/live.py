@@ -1,0 +1,171 @@
+"""Live computation for the one selected image, when the store does not hold what a view needs.
+
+The sweep keeps the full attention `[L, H, T, T]` of a few images only, and may have swept a
+subset of the prune modes. For the selected image the explorer then runs the model itself,
+through the same library functions the sweep uses (`ViT.__call__` with `return_attention`,
+`vit_jax_va.importance.ablate_heads`), on the image the sweep read. Results are memoised per
+(run, image) with `pn.cache`; the model and the image source are opened once per process.
+
+The model is found from the run's manifest (`model.source`: "demo" or a checkpoint directory)
+and must have the weights the sweep used (`weights_sha256`), or live numbers would not match
+the stored ones. Images are re-read from the source the manifest describes; when the source is
+gone, the stored thumbnails are used if they are the model's full input size (the demo's are).
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import panel as pn
+
+from vit_jax_va import store
+
+
+class LiveUnavailable(RuntimeError):
+    """The model or the image of a run cannot be loaded for live computation (says why)."""
+
+
+_LOCK = threading.Lock()
+_MODELS: dict[str, object] = {}
+_SOURCES: dict[str, object] = {}
+
+
+def _manifest(run_path: str) -> dict:
+    return store.read_manifest(run_path)
+
+
+def load_model(run_path: str):
+    """The run's model (`vit_jax_va.ViT`), checked against the weights hash in the manifest."""
+    with _LOCK:
+        if run_path in _MODELS:
+            return _MODELS[run_path]
+        import vit_jax_va
+
+        model_info = _manifest(run_path)["model"]
+        source = str(model_info.get("source", ""))
+        if source == "demo":
+            try:
+                from vit_jax_va.demo import load_demo_model
+            except ImportError as err:
+                raise LiveUnavailable(f"the demo model is not installed ({err})") from None
+            model = load_demo_model()
+        elif source and Path(source).is_dir():
+            model = vit_jax_va.load(source)
+        else:
+            raise LiveUnavailable(f"the run's model source {source!r} is neither 'demo' nor a "
+                                  "vit_jax_va checkpoint directory")
+        expected = model_info.get("weights_sha256")
+        if expected and vit_jax_va.weights_hash(model) != expected:
+            raise LiveUnavailable(f"the model at {source!r} has other weights than the run's")
+        _MODELS[run_path] = model
+        return model
+
+
+def _image_source(run_path: str):
+    """A callable index -> raw image (PIL image or uint8 array) for the run's images."""
+    with _LOCK:
+        if run_path in _SOURCES:
+            return _SOURCES[run_path]
+    data = _manifest(run_path)["data"]
+    ids = np.load(Path(run_path) / "images" / "ids.npy").astype(str)
+    kind = data.get("source")
+    reader = None
+    try:
+        if kind in ("mnist", "fashion-mnist") and data.get("directory"):
+            from vit_jax_va import data as vdata
+
+            dataset = vdata.load_mnist(data["directory"], data.get("split", "test"),
+                                       class_names=data.get("class_names") or vdata.MNIST_CLASSES,
+                                       name=kind)
+            where = {id_: i for i, id_ in enumerate(dataset.ids)}
+            reader = lambda index: dataset.image(where[ids[index]])  # noqa: E731
+        elif kind == "image-folder" and data.get("directory"):
+            from vit_jax_va.data import read_image
+
+            root = Path(data["directory"])
+            reader = lambda index: read_image(root / ids[index])  # noqa: E731
+        elif kind == "image-files":
+            from vit_jax_va.data import read_image
+
+            reader = lambda index: read_image(ids[index])  # noqa: E731
+    except (OSError, ValueError, ImportError):
+        reader = None
+    if reader is None:
+        reader = _thumbnail_reader(run_path, kind)
+    with _LOCK:
+        _SOURCES[run_path] = reader
+    return reader
+
+
+def _thumbnail_reader(run_path: str, kind):
+    run = store.open_run(run_path)
+    thumbnails = run.array("images", "thumbnails")
+    c = run.config
+    if tuple(thumbnails.shape[1:3]) != tuple(c.image_size) or thumbnails.shape[3] != c.in_channels:
+        def unavailable(index):
+            raise LiveUnavailable(f"the run's images ({kind}) cannot be read again and its "
+                                  f"thumbnails are smaller than the model input")
+        return unavailable
+    return lambda index: np.asarray(thumbnails[index])[..., 0] if c.in_channels == 1 else np.asarray(thumbnails[index])
+
+
+def model_input(run_path: str, image: int) -> np.ndarray:
+    """The preprocessed image `[1, height, width, channels]` the sweep fed the model."""
+    from vit_jax_va import preprocess
+
+    model = load_model(run_path)
+    try:
+        raw = _image_source(run_path)(int(image))
+    except (OSError, ValueError, KeyError) as err:
+        raise LiveUnavailable(f"image {image} cannot be read: {err}") from None
+    return preprocess(model.config, [raw])
+
+
+_FORWARDS: dict[str, object] = {}
+
+
+def _forward(run_path: str):
+    """The run's model as one jitted function images -> attention (compiled once per run and
+    process; the eager NNX call dispatches op by op, which is slow for a ViT-B on CPU)."""
+    with _LOCK:
+        if run_path in _FORWARDS:
+            return _FORWARDS[run_path]
+    import jax
+    from flax import nnx
+
+    graphdef, weights = nnx.split(load_model(run_path))
+    # The sweep's matmul precision, so that live numbers match stored ones on GPU/TPU too.
+    precision = _manifest(run_path).get("options", {}).get("precision", "highest")
+
+    @jax.jit
+    def forward(images):
+        with jax.default_matmul_precision(precision):
+            return nnx.merge(graphdef, weights)(images, return_attention=True).attention
+
+    with _LOCK:
+        return _FORWARDS.setdefault(run_path, forward)
+
+
+@pn.cache(max_items=64)
+def attention(run_path: str, image: int) -> np.ndarray:
+    """Attention `[L, H, T, T]` of one image, computed by the model."""
+    return np.asarray(_forward(run_path)(model_input(run_path, image))[0])
+
+
+@pn.cache(max_items=64)
+def ablation(run_path: str, image: int, mode: str):
+    """Every head of one image pruned alone in one prune mode (`vit_jax_va.importance`):
+    a `HeadAblation` with per-head arrays `[1, L, H, 1]`. The reference class is the one the
+    sweep used, so live values compare with stored ones."""
+    from vit_jax_va.importance import ablate_heads
+
+    import jax
+
+    model = load_model(run_path)
+    reference = np.load(Path(run_path) / "importance" / "reference.npy")[int(image)]
+    precision = _manifest(run_path).get("options", {}).get("precision", "highest")
+    with jax.default_matmul_precision(precision):
+        return ablate_heads(model, model_input(run_path, image), np.asarray([reference]),
+                            modes=(mode,), batch_size=1)

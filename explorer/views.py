@@ -1,0 +1,565 @@
+"""The views of the explorer (METHOD.md sections 1-4), each a function `(data, state) -> element`.
+
+A view reads the selection from an `ExplorerState` and the numbers from a `RunData`, and returns
+a HoloViews element whose structure (element types, number of layers) never depends on the
+selection, so that `explorer.app` can wrap it in a `DynamicMap` that updates the plot's data in
+place. Titles name what is shown (the head, the image), which the browser test reads.
+
+View names follow the paper: A image overview; B1 head importance line and heat map, B2 partial
+pruning modes, B3 top-5 predictions, the cumulative pruning curve; C1 head entropy across
+layers, C2 n-hop profile, C3 entropy distribution, the mean-distance trend; D1 pattern map and
+prototypes, D2 image with a source patch's attention, D3 source -> target links, D4 attention
+matrix, D5 attention histogram.
+"""
+
+from __future__ import annotations
+
+import math
+
+import holoviews as hv
+import numpy as np
+from bokeh.models import HoverTool
+
+from explorer.data import MODE_LABELS, RunData
+from explorer.state import ExplorerState
+from vit_jax_va.masks import PRUNE_MODES, prune_region
+from vit_jax_va.strength import layer_trend
+
+HIGHLIGHT = "#d62728"     # selected heads, the selected image, the selected mode
+SECONDARY = "#ff9896"     # selected heads other than the primary one
+BAR = "#8fa8d0"           # the paper's light-blue bars
+CLS_COLOUR = "#2b5fa8"    # CLS attention and CLS links (paper: blue)
+PATCH_COLOUR = "#d9711c"  # patch attention and patch links (paper: orange)
+MAX_LINKS = 4000          # links drawn in D3 (the strongest); Bokeh stays fluid below ~10k
+MAX_EXTRA_HEADS = 8       # heads besides the primary drawn in C2, C3 and B2
+
+# Every view is a Bokeh plot; options below are Bokeh options, so the backend loads with them.
+hv.extension("bokeh", logo=False)
+
+
+def set_defaults() -> None:
+    """Small titles and tools-above for every plot of the explorer (called by `explorer.app`)."""
+    small = {"fontsize": {"title": "10pt", "labels": "9pt", "xticks": "8pt", "yticks": "8pt"}}
+    for element in ("Overlay", "Curve", "Scatter", "Points", "Image", "RGB", "Rectangles",
+                    "Segments", "Histogram", "Area", "Path", "Spread"):
+        hv.opts.defaults(getattr(hv.opts, element)(**small))
+
+
+def layer_colours(depth: int) -> list[str]:
+    """One colour per layer, early layers light-blue to late layers yellow like the paper."""
+    from bokeh.palettes import Category10, Turbo256
+
+    if depth <= 10:
+        return list(Category10[10][:depth])
+    return [Turbo256[int(i)] for i in np.linspace(20, 235, depth)]
+
+
+def class_colours(k: int) -> list[str]:
+    from bokeh.palettes import Category10, Category20, Turbo256
+
+    if k <= 10:
+        return list(Category10[10][:k])
+    if k <= 20:
+        return list(Category20[20][:k])
+    return [Turbo256[int(i)] for i in np.linspace(0, 255, k)]
+
+
+def _extra_heads(state: ExplorerState, limit: int | None = MAX_EXTRA_HEADS) -> list[int]:
+    """The selected heads other than the primary one (at most `limit`)."""
+    return [h for h in state.heads if h != state.head][:limit]
+
+
+def _head_label(data: RunData, flat: int) -> str:
+    layer, head = divmod(int(flat), data.num_heads)
+    return f"L{layer}H{head}"
+
+
+# A: image overview -------------------------------------------------------------------------
+
+def image_points(data: RunData) -> hv.Points:
+    """A: every image at its `overview_xy`, coloured by class, alpha = probability of the true
+    class; the hover shows label, prediction, id and the thumbnail. Static per run."""
+    p_true = data.true_class_probability()
+    names = np.asarray(data.class_names, dtype=object)
+    label_names = np.where(data.labels >= 0, names[np.clip(data.labels, 0, None)], "(none)")
+    with_thumbs = data.num_images <= 5000  # data URIs cost ~0.5 kB each in the page
+    columns = {
+        "x": data.overview_xy[:, 0], "y": data.overview_xy[:, 1],
+        "cls": names[data.image_class], "label": label_names,
+        "prediction": names[data.prediction], "id": data.ids,
+        "p_true": p_true, "alpha": 0.25 + 0.75 * p_true, "index": np.arange(data.num_images),
+        "thumb": (data.thumbnail_uris() if with_thumbs
+                  else [""] * data.num_images),
+    }
+    hover = HoverTool(tooltips="""
+        <div style="display:flex;gap:6px;align-items:center">
+          <img src="@thumb" width="56" height="56" style="image-rendering:pixelated;border:1px solid #ccc"/>
+          <div><b>@label</b> &rarr; @prediction<br/>id @id<br/>p(true) @p_true{0.000}</div>
+        </div>""")
+    colours = class_colours(len(data.class_names))
+    return hv.Points(columns, ["x", "y"], ["cls", "label", "prediction", "id", "p_true", "alpha",
+                                          "index", "thumb"]).opts(
+        color="cls", cmap={n: colours[i] for i, n in enumerate(data.class_names)},
+        alpha="alpha", size=7, line_color=None, tools=[hover, "tap", "wheel_zoom"],
+        nonselection_alpha=0.25, selection_alpha=1.0,
+        show_legend=len(data.class_names) <= 12, legend_position="right",
+        xaxis=None, yaxis=None, width=470, height=420, active_tools=["wheel_zoom"])
+
+
+def image_marker(data: RunData, state: ExplorerState) -> hv.Points:
+    """A: a ring around the selected image; the title names it."""
+    i = state.image
+    return hv.Points(([data.overview_xy[i, 0]], [data.overview_xy[i, 1]])).opts(
+        marker="circle", size=18, fill_alpha=0, line_color=HIGHLIGHT, line_width=3,
+        title=f"A · {data.image_name(i)}")
+
+
+# B: importance -----------------------------------------------------------------------------
+
+def _metric_title(data: RunData, state: ExplorerState) -> str:
+    scope = data.scope_label(state.scope, state.image, state.scope_class)
+    return f"{state.metric} · {scope}"
+
+
+def head_importance_values(data: RunData, state: ExplorerState) -> hv.Overlay:
+    """B1: the metric of every head pruned alone, over the flat head index (x = layer * heads
+    + head); the dashed line is the unpruned value. Independent of the head selection."""
+    hv_values = data.head_values(state.metric, state.scope, state.image, state.scope_class)
+    values = hv_values.values.reshape(-1)
+    x = np.arange(len(values))
+    layer, head = np.divmod(x, data.num_heads)
+    table = {"head_index": x, "value": values, "layer": layer, "head": head}
+    vdims = ["value", "layer", "head"]
+    baseline = hv_values.baseline if hv_values.baseline is not None else np.nan
+    base = hv.Curve(([x[0], x[-1]], [baseline, baseline]), "head_index", "value").opts(
+        color="grey", line_dash="dashed", line_width=1)
+    line = hv.Curve(table, "head_index", vdims).opts(color=BAR, line_width=2)
+    dots = hv.Scatter(table, "head_index", vdims).opts(
+        color=BAR, size=5, tools=["hover", "tap"], nonselection_alpha=1.0, ylabel=state.metric)
+    return base * line * dots
+
+
+def head_importance_marks(data: RunData, state: ExplorerState) -> hv.Scatter:
+    """B1: rings on the selected heads (the primary one red, larger); the title names it."""
+    values = data.head_values(state.metric, state.scope, state.image, state.scope_class).values.reshape(-1)
+    heads = [state.head, *_extra_heads(state, None)]
+    return _rings(hv.Scatter, heads, values[heads], "head_index", "value",
+                  f"B1 · {_metric_title(data, state)} · selected {data.head_name(state.head)}", big=14)
+
+
+B1_LINE_OPTIONS = dict(width=620, height=230, show_grid=True, xlabel="head (layer * heads + head)",
+                       toolbar="above", show_legend=False)
+
+
+def head_importance_line(data: RunData, state: ExplorerState) -> hv.Overlay:
+    """B1 as one overlay (values, then marks); the app composes the two parts separately so
+    that a head selection re-renders the marks only."""
+    ticks = [(l * data.num_heads, f"L{l}") for l in range(data.depth)]
+    return (head_importance_values(data, state) * head_importance_marks(data, state)).opts(
+        hv.opts.Overlay(xticks=ticks, ylabel=state.metric, **B1_LINE_OPTIONS))
+
+
+def head_importance_cells(data: RunData, state: ExplorerState) -> hv.Image:
+    """B1 as a layers x heads heat map (array drawn bottom-up; the app inverts the y axis so
+    layer 0 is on top). Independent of the head selection."""
+    values = data.head_values(state.metric, state.scope, state.image, state.scope_class).values
+    L, H = values.shape
+    return hv.Image(values[::-1], bounds=(-0.5, -0.5, H - 0.5, L - 0.5),
+                    kdims=["head", "layer"], vdims=[state.metric if state.metric != "correct"
+                                                    else "accuracy"]).opts(
+        cmap="Blues_r" if state.metric in ("probability", "correct") else "Blues",
+        colorbar=True, tools=["hover", "tap"])
+
+
+def head_importance_boxes(data: RunData, state: ExplorerState) -> hv.Rectangles:
+    """The heat map's outlines of the selected heads (primary red); the title names it."""
+    heads = [state.head, *_extra_heads(state, None)]
+    layer, head = np.divmod(np.asarray(heads), data.num_heads)
+    return hv.Rectangles({"x0": head - 0.5, "y0": layer - 0.5, "x1": head + 0.5, "y1": layer + 0.5,
+                          "ring": [HIGHLIGHT] + [SECONDARY] * (len(heads) - 1)},
+                         vdims=["ring"]).opts(
+        fill_alpha=0, line_color="ring", line_width=3,
+        title=f"B1 · layers x heads · L{state.layer}H{state.head_in_layer}")
+
+
+def heatmap_options(data: RunData) -> dict:
+    H, L = data.num_heads, data.depth
+    return dict(width=290, height=230, invert_yaxis=True, xticks=list(range(H)) if H <= 16 else 8,
+                yticks=list(range(L)) if L <= 16 else 8, toolbar=None)
+
+
+def head_importance_heatmap(data: RunData, state: ExplorerState) -> hv.Overlay:
+    """B1 heat map with the selected heads outlined, as one overlay."""
+    return (head_importance_cells(data, state) * head_importance_boxes(data, state)).opts(
+        hv.opts.Overlay(**heatmap_options(data)))
+
+
+def mode_glyphs(data: RunData, y0: float, y1: float, selected: str) -> tuple[hv.Rectangles, hv.Rectangles]:
+    """B2 glyphs: for each prune mode at x = 0..5 a 2 x 2 block icon (top row / left column:
+    CLS; the rest: patches) with the zeroed blocks filled, as in paper-partial-pruning-modes.png.
+    The blocks come from `vit_jax_va.masks.prune_region` on a one-CLS, one-patch matrix."""
+    rows, frame = [], []
+    height = y1 - y0
+    f = 0.3  # the CLS band's share of the icon
+    for m, mode in enumerate(PRUNE_MODES):
+        region = prune_region(mode, 2, 1)  # [query, key]: 0 is CLS, 1 the patches
+        x0, x1 = m - 0.3, m + 0.3
+        xs = [(x0, x0 + f * (x1 - x0)), (x0 + f * (x1 - x0), x1)]         # key: CLS, patches
+        ys = [(y1 - f * height, y1), (y0, y1 - f * height)]                 # query: CLS, patches
+        for q in range(2):
+            for k in range(2):
+                rows.append((xs[k][0], ys[q][0], xs[k][1], ys[q][1],
+                             "#6e6e6e" if region[q, k] else "#ffffff", MODE_LABELS[mode]))
+        if mode == selected:
+            pad_x, pad_y = 0.12, 0.18 * height
+            frame.append((x0 - pad_x, y0 - pad_y, x1 + pad_x, y1 + pad_y))
+    blocks = hv.Rectangles(rows, vdims=["fill", "mode"]).opts(
+        fill_color="fill", line_color="black", line_width=1, tools=["hover"])
+    ring = hv.Rectangles(frame).opts(fill_alpha=0, line_color=HIGHLIGHT, line_width=2,
+                                     line_dash="dashed")
+    return blocks, ring
+
+
+def partial_pruning_bars(data: RunData, state: ExplorerState) -> hv.Overlay:
+    """B2: the metric under each of the six prune modes for the selected heads (primary first),
+    with the mode glyphs under the bars; click a bar or glyph to choose the mode of B3."""
+    heads = [state.head, *_extra_heads(state)]
+    values = data.mode_values(state.metric, state.scope, state.image, heads, state.scope_class)
+    metric = state.metric if state.metric in ("probability", "correct", "loss", "kl") else "probability"
+    table = np.array([values[m] for m in PRUNE_MODES])  # [modes, heads]
+    finite = table[np.isfinite(table)]
+    top = max(1.0 if metric in ("probability", "correct") else 0.0,
+              float(finite.max()) if finite.size else 1.0)
+    bottom = min(0.0, float(finite.min()) if finite.size else 0.0)
+    span = top - bottom or 1.0
+    width = 0.7 / len(heads)
+    bars = []
+    for m in range(len(PRUNE_MODES)):
+        for j, h in enumerate(heads):
+            v = table[m, j]
+            x0 = m - 0.35 + j * width
+            bars.append((x0, min(0.0, v) if np.isfinite(v) else 0.0, x0 + width,
+                         max(0.0, v) if np.isfinite(v) else 0.0, _head_label(data, h),
+                         MODE_LABELS[PRUNE_MODES[m]], float(v)))
+    colours = [BAR] + [SECONDARY] * (len(heads) - 1)
+    rect = hv.Rectangles(bars, vdims=["head", "mode", metric]).opts(
+        color="head", cmap={_head_label(data, h): colours[j] for j, h in enumerate(heads)},
+        line_color="white", tools=["hover", "tap"], nonselection_alpha=1.0)
+    glyph_top = bottom - 0.1 * span
+    glyphs, ring = mode_glyphs(data, glyph_top - 0.3 * span, glyph_top, state.mode)
+    ticks = [(round(v, 3), f"{v:.2g}") for v in np.linspace(bottom, top, 5)]
+    names = ", ".join(_head_label(data, h) for h in heads)
+    return (rect * glyphs * ring).opts(hv.opts.Overlay(
+        title=f"B2 · {metric} per prune mode · {names}", width=320, height=260,
+        ylim=(glyph_top - 0.5 * span, top + 0.05 * span), yticks=ticks, xaxis=None,
+        ylabel=metric, toolbar=None, show_legend=False))
+
+
+def top5_markdown(data: RunData, state: ExplorerState) -> str:
+    """B3: the top-5 predictions after pruning the primary head in the chosen mode."""
+    result = data_top5(data, state)
+    if isinstance(result, str):
+        return result
+    rows = "\n".join(
+        f"| {i + 1}. {c} | {p:.4f} | {bc} | {bp:.4f} |"
+        for i, (c, p, bc, bp) in enumerate(zip(result["classes"], result["probs"],
+                                                result["baseline_classes"], result["baseline_probs"])))
+    return (f"**B3 · top-5 after pruning {data.head_name(state.head)}** "
+            f"(mode: {MODE_LABELS[state.mode]}; {result['source']})\n\n"
+            f"| pruned | p | unpruned | p |\n|---|---:|---|---:|\n{rows}\n\n"
+            f"{data.image_name(state.image)}")
+
+
+def data_top5(data: RunData, state: ExplorerState):
+    from explorer.live import LiveUnavailable
+
+    try:
+        return data.top5(state.image, state.head, state.mode)
+    except LiveUnavailable as err:
+        return f"**B3** · mode {state.mode} was not swept and cannot be computed live: {err}"
+
+
+def pruning_curve(data: RunData) -> hv.Overlay:
+    """The cumulative pruning curve of the run (static): accuracy as heads are pruned, most
+    important first versus least important first."""
+    c = data.curve
+    x = c["num_pruned"]
+    metric = str(c.get("metric", "prob_drop"))
+    n = int(c["num_images"]) if "num_images" in c else None
+    curves = [hv.Curve((x, c["accuracy_most"]), "heads pruned", "accuracy", label="most important first")
+              .opts(color=HIGHLIGHT),
+              hv.Curve((x, c["accuracy_least"]), "heads pruned", "accuracy", label="least important first")
+              .opts(color=CLS_COLOUR)]
+    return hv.Overlay(curves).opts(hv.opts.Curve(tools=["hover"], line_width=2),
+                                   hv.opts.Overlay(
+        title="Cumulative pruning", xlabel=f"heads pruned (by {metric}{f', {n} images' if n else ''})",
+        width=290, height=260, legend_position="bottom_left", ylim=(0, 1.02), toolbar=None))
+
+
+# C: strength -------------------------------------------------------------------------------
+
+def entropy_points(data: RunData, state: ExplorerState) -> hv.Scatter:
+    """C1: head entropy (nats) across layers, one dot per head in flat-head order (so a
+    selection's indices are flat head indices); box-select or click to select heads."""
+    entropy = data.entropy_per_head(state.scope, state.image, state.scope_class).reshape(-1)
+    layer, head = np.divmod(np.arange(len(entropy)), data.num_heads)
+    colours = layer_colours(data.depth)
+    return hv.Scatter({"layer": layer.astype(float), "entropy": entropy, "head": head,
+                       "colour": [colours[l] for l in layer]},
+                      "layer", ["entropy", "head", "colour"]).opts(
+        color="colour", size=8, tools=["hover", "tap", "box_select"], nonselection_alpha=1.0,
+        selection_alpha=1.0, line_color=None, active_tools=["tap", "box_select"])
+
+
+def _rings(element, x: np.ndarray, y: np.ndarray, kdim: str, vdim: str, title: str, big: int = 16):
+    """Rings on selected heads, given primary first: red and larger for the primary one. One
+    glyph layer, so a selection change re-renders a single renderer."""
+    primary = np.arange(len(x)) == 0
+    return element({kdim: np.asarray(x, np.float64), vdim: np.asarray(y, np.float64),
+                    "ring": np.where(primary, HIGHLIGHT, SECONDARY),
+                    "size": np.where(primary, big, big - 3)}, [kdim] if element is hv.Scatter else [kdim, vdim],
+                   (["ring", "size"] if element is not hv.Scatter else [vdim, "ring", "size"])).opts(
+        marker="circle", size="size", fill_alpha=0, line_color="ring", line_width=3, title=title)
+
+
+def entropy_highlight(data: RunData, state: ExplorerState) -> hv.Overlay:
+    """C1: the ceiling ln(rings) and rings on the selected heads (element-level title: this is
+    composed with the dots in `explorer.app`)."""
+    entropy = data.entropy_per_head(state.scope, state.image, state.scope_class).reshape(-1)
+    heads = [state.head, *_extra_heads(state, None)]
+    top = math.log(data.strength["profile"].shape[-1])
+    ceiling = hv.HLine(top).opts(color="grey", line_dash="dotted", line_width=1)
+    rings = _rings(hv.Scatter, np.asarray(heads) // data.num_heads, entropy[heads], "layer", "entropy",
+                   f"C1 · head entropy · {data.head_name(state.head)} · "
+                   f"{data.scope_label(state.scope, state.image, state.scope_class)}")
+    return ceiling * rings
+
+
+def hop_profile_view(data: RunData, state: ExplorerState) -> hv.Overlay:
+    """C2: attention strength at each hop d (Chebyshev rings) of the primary head as bars, the
+    other selected heads as lines, for the selected image."""
+    heads = [state.head, *_extra_heads(state)]
+    profiles = data.hop_profiles(state.image, heads)
+    rings = np.arange(profiles.shape[1])
+    bars = hv.Rectangles([(d - 0.4, 0.0, d + 0.4, float(v), d, float(v)) for d, v in zip(rings, profiles[0])],
+                         vdims=["hop", "strength"]).opts(color=BAR, line_color=None, tools=["hover"])
+    paths = hv.Path([{"hop": rings, "strength": p, "head": _head_label(data, h)}
+                     for h, p in zip(heads[1:], profiles[1:])], ["hop", "strength"], vdims=["head"]).opts(
+        color=SECONDARY, line_width=2)
+    top = float(np.nanmax(profiles)) if profiles.size else 1.0
+    return (bars * paths).opts(hv.opts.Overlay(
+        title=f"C2 · n-hop strength · {data.head_name(state.head)} · image {data.ids[state.image]}",
+        width=320, height=280, xlabel="n-hop neighbours", ylabel="strength",
+        ylim=(0, top * 1.08 or 1.0), xticks=list(rings) if len(rings) <= 16 else 10, toolbar=None))
+
+
+def entropy_distribution(data: RunData, state: ExplorerState) -> hv.Overlay:
+    """C3: the distribution of the primary head's entropy over all images (area), the other
+    selected heads as lines, and the selected image marked."""
+    heads = [state.head, *_extra_heads(state)]
+    values = data.entropy_over_images(heads)  # [heads, N]
+    lo, hi = float(np.nanmin(values)), float(np.nanmax(values))
+    if hi - lo < 1e-6:
+        lo, hi = lo - 0.05, hi + 0.05
+    edges = np.linspace(lo, hi, 41)
+    counts = [np.histogram(v, edges)[0] for v in values]
+    centres = (edges[:-1] + edges[1:]) / 2
+    area = hv.Area((centres, counts[0]), "entropy", "count").opts(color=BAR, alpha=0.7, line_color=BAR)
+    paths = hv.Path([{"entropy": centres, "count": c} for c in counts[1:]], ["entropy", "count"]).opts(
+        color=SECONDARY, line_width=2)
+    mark = hv.VLine(float(values[0, state.image])).opts(color=HIGHLIGHT, line_width=2)
+    return (area * paths * mark).opts(hv.opts.Overlay(
+        title=f"C3 · entropy of {data.head_name(state.head)}, {data.num_images} images",
+        width=320, height=280, toolbar=None, xticks=4, xformatter="%.3g"))
+
+
+def distance_trend(data: RunData, state: ExplorerState) -> hv.Overlay:
+    """Mean attention distance (pixels) per head, averaged over all images, and its layer
+    trend (`vit_jax_va.layer_trend`: mean and +-1 std over the heads of a layer)."""
+    stat = data.strength["mean_distance"]
+    trend = layer_trend(stat)
+    per_head = data.statistic_per_head("mean_distance").reshape(-1)
+    layers = np.arange(data.depth)
+    spread = hv.Spread((layers, trend.mean, trend.std), "layer", ["distance", "std"]).opts(
+        color="lightgrey", alpha=0.6)
+    line = hv.Curve((layers, trend.mean), "layer", "distance").opts(color="grey", line_width=2)
+    dots = hv.Scatter((np.arange(len(per_head)) // data.num_heads, per_head), "layer", "distance").opts(
+        color="grey", size=4, alpha=0.6)
+    heads = [state.head, *_extra_heads(state, None)]
+    chosen = hv.Scatter(([h // data.num_heads for h in heads], per_head[heads]), "layer", "distance").opts(
+        marker="circle", size=12, fill_alpha=0, line_color=HIGHLIGHT, line_width=2)
+    return (spread * line * dots * chosen).opts(hv.opts.Overlay(
+        title="Mean attention distance per layer", width=320, height=280,
+        ylabel="mean distance (px)", toolbar=None))
+
+
+# D: patterns -------------------------------------------------------------------------------
+
+def pattern_density(data: RunData, state: ExplorerState) -> hv.Image:
+    """D1 background: the density of every (image, head) item on the pattern map, as one
+    aggregated image (a 2-D histogram), so the cost does not grow with the number of items."""
+    counts, bounds = data.density(state.space)
+    shown = np.where(counts > 0, np.log1p(counts), np.nan)
+    return hv.Image(shown[::-1], bounds=bounds, kdims=["x", "y"], vdims=["log(1 + items)"]).opts(
+        cmap="Greys", alpha=0.8, clipping_colors={"NaN": (0, 0, 0, 0)})
+
+
+def pattern_heads(data: RunData, state: ExplorerState) -> hv.Points:
+    """D1: one dot per head (the mean of its items), coloured by layer, in flat-head order."""
+    xy = data.patterns[state.space]["head_xy"]
+    layer, head = np.divmod(np.arange(len(xy)), data.num_heads)
+    colours = layer_colours(data.depth)
+    return hv.Points({"x": xy[:, 0], "y": xy[:, 1], "layer": layer, "head": head,
+                      "colour": [colours[l] for l in layer]}, ["x", "y"], ["layer", "head", "colour"]).opts(
+        color="colour", size=10, line_color="white", tools=["hover", "tap", "box_select"],
+        nonselection_alpha=1.0, selection_alpha=1.0, active_tools=["tap", "box_select"])
+
+
+def pattern_highlight(data: RunData, state: ExplorerState) -> hv.Points:
+    """D1: rings on the selected heads' dots; the title names the primary head."""
+    xy = data.patterns[state.space]["head_xy"]
+    heads = [state.head, *_extra_heads(state, None)]
+    return _rings(hv.Points, xy[heads, 0], xy[heads, 1], "x", "y",
+                  f"D1 · {state.space} pattern map · {data.head_name(state.head)}", big=19)
+
+
+def prototype_strip(data: RunData, state: ExplorerState) -> hv.Overlay:
+    """D1: the cluster prototypes (decoded k-means centroids) side by side, each scaled to its
+    own range; the label is the cluster and its size. Click one to select its heads."""
+    protos = data.prototypes(state.space)
+    k, h, w = protos.shape
+    gap = 1
+    mosaic = np.full((h, k * (w + gap)), np.nan)
+    for i, p in enumerate(protos):
+        lo, hi = np.nanmin(p), np.nanmax(p)
+        mosaic[:, i * (w + gap): i * (w + gap) + w] = (p - lo) / (hi - lo or 1.0)
+    image = hv.Image(mosaic, bounds=(0, 0, k * (w + gap), h)).opts(
+        cmap="Oranges" if state.space == "patch" else "Blues", clipping_colors={"NaN": "white"},
+        tools=["tap"])
+    sizes = data.cluster_sizes(state.space)
+    labels = hv.Labels([((i + 0.5) * (w + gap), h * 1.12, f"{i} ({sizes[i]})") for i in range(k)],
+                       ["x", "y"], "text").opts(text_font_size="8pt")
+    return (image * labels).opts(hv.opts.Overlay(
+        title="D1 · cluster prototypes (click: select their heads)", width=450,
+        height=max(90, int(450 / (k * (w + gap)) * h * 1.3) + 40), xaxis=None, yaxis=None,
+        ylim=(0, h * 1.3), toolbar=None))
+
+
+def _head_attention(data: RunData, state: ExplorerState):
+    """The primary head's attention `[T, T]` on the selected image and where it came from
+    (None and a reason when it cannot be computed)."""
+    from explorer.live import LiveUnavailable
+
+    try:
+        attention, source = data.attention(state.image)
+    except LiveUnavailable as err:
+        return None, f"attention not available: {err}"
+    return np.asarray(attention[state.layer, state.head_in_layer], np.float64), source
+
+
+def _token_of_patch(data: RunData, row: int, col: int) -> int:
+    return data.num_prefix + row * data.grid[1] + col
+
+
+def image_attention(data: RunData, state: ExplorerState) -> hv.Overlay:
+    """D2: the selected image with the selected source token's attention over the patches
+    (orange for a patch source, blue for CLS), the source patch outlined in black and the target
+    patches at or above the threshold outlined in blue. Click a patch to make it the source."""
+    rows, cols = data.grid
+    thumb = np.asarray(data.thumbnails[state.image])
+    rgb = np.repeat(thumb, 3, axis=-1) if thumb.shape[-1] == 1 else thumb[..., :3]
+    picture = hv.RGB(rgb, bounds=(0, 0, cols, rows), kdims=["col", "row"])
+    matrix, source = _head_attention(data, state)
+    token = state.source_token
+    if matrix is None:
+        weights = np.full((rows, cols), np.nan)
+    else:
+        weights = matrix[token, data.num_prefix:].reshape(rows, cols)
+    is_cls = token < data.num_prefix
+    overlay = hv.Image(weights, bounds=(0, 0, cols, rows), kdims=["col", "row"], vdims=["attention"]).opts(
+        cmap="Blues" if is_cls else "Oranges", alpha=0.65, clipping_colors={"NaN": (0, 0, 0, 0)},
+        tools=["hover", "tap"], colorbar=True)
+    targets = ([] if matrix is None else
+               [divmod(int(p), cols) for p in np.flatnonzero(weights.reshape(-1) >= state.threshold)])
+    cells = targets + ([] if is_cls else [divmod(token - data.num_prefix, cols)])
+    r = np.asarray([c[0] for c in cells], np.float64)
+    c = np.asarray([c[1] for c in cells], np.float64)
+    outlines = hv.Rectangles({"x0": c, "y0": rows - r - 1, "x1": c + 1, "y1": rows - r,
+                              "edge": [CLS_COLOUR] * len(targets) + ["black"] * (len(cells) - len(targets)),
+                              "width": [1.5] * len(targets) + [3.0] * (len(cells) - len(targets))},
+                             vdims=["edge", "width"]).opts(fill_alpha=0, line_color="edge", line_width="width")
+    title = (f"D2 · {data.token_name(token)} · L{state.layer}H{state.head_in_layer} · "
+             f"{len(targets)} targets" + (" (live)" if source == "computed live" else ""))
+    return (picture * overlay * outlines).opts(hv.opts.Overlay(
+        title=title, width=310, height=310, xaxis=None, yaxis=None, toolbar=None))
+
+
+def attention_links(data: RunData, state: ExplorerState) -> hv.Segments:
+    """D3: links from source tokens (queries, layer l+1, top) to target tokens (keys, layer l,
+    bottom) of the primary head whose weight is at or above the threshold; CLS links (either end
+    CLS) blue, patch links orange, the selected source token's links black. At most
+    `MAX_LINKS` (the strongest) are drawn."""
+    matrix, source = _head_attention(data, state)
+    T = data.num_tokens
+    if matrix is None:
+        q = k = np.zeros(0, int)
+        w = np.zeros(0)
+    else:
+        q, k = np.nonzero(matrix >= state.threshold)
+        w = matrix[q, k]
+    total = len(w)
+    if total > MAX_LINKS:
+        keep = np.argpartition(-w, MAX_LINKS)[:MAX_LINKS]
+        q, k, w = q[keep], k[keep], w[keep]
+    # One glyph layer, drawn patch links first, then CLS links, then the source token's links.
+    kind = np.where(q == state.source_token, 2, np.where((q < data.num_prefix) | (k < data.num_prefix), 1, 0))
+    order = np.argsort(kind, kind="stable")
+    q, k, w, kind = q[order], k[order], w[order], kind[order]
+    links = hv.Segments({"source": q, "y0": np.ones(len(q)), "target": k, "y1": np.zeros(len(q)),
+                         "weight": w, "colour": np.asarray([PATCH_COLOUR, CLS_COLOUR, "black"])[kind],
+                         "alpha": np.asarray([0.35, 0.6, 0.9])[kind],
+                         "width": np.asarray([1.0, 1.0, 2.0])[kind]},
+                        ["source", "y0", "target", "y1"], ["weight", "colour", "alpha", "width"])
+    shown = f"{len(w)} of {total}" if total > len(w) else f"{total}"
+    return links.opts(
+        color="colour", alpha="alpha", line_width="width",
+        title=f"D3 · {shown} links ≥ {state.threshold:.3g} · {data.head_name(state.head)} "
+              f"(top: source l+1, bottom: target l)",
+        width=960, height=280, xlim=(-0.5, T - 0.5), ylim=(-0.08, 1.08), yaxis=None,
+        xlabel="token (0 = CLS)", toolbar=None)
+
+
+def attention_matrix(data: RunData, state: ExplorerState) -> hv.Overlay:
+    """D4: the primary head's token x token attention on the selected image (rows: source /
+    query tokens, top to bottom; columns: target / key tokens); the source row is marked.
+    Click a row to choose the source token."""
+    matrix, source = _head_attention(data, state)
+    T = data.num_tokens
+    if matrix is None:
+        matrix = np.full((T, T), np.nan)
+    image = hv.Image(matrix[::-1], bounds=(-0.5, -0.5, T - 0.5, T - 0.5),
+                     kdims=["target", "source"], vdims=["attention"]).opts(
+        cmap="Oranges", cnorm="eq_hist", colorbar=True, tools=["hover", "tap"],
+        clipping_colors={"NaN": "white"})
+    row = hv.HSpan(state.source_token - 0.5, state.source_token + 0.5).opts(
+        color=CLS_COLOUR, alpha=0.25, line_width=0)
+    return (image * row).opts(hv.opts.Overlay(
+        title=f"D4 · attention matrix · {data.head_name(state.head)} · image {data.ids[state.image]}",
+        width=340, height=310, invert_yaxis=True, toolbar=None))
+
+
+def attention_histogram(data: RunData, state: ExplorerState) -> hv.Overlay:
+    """D5: the histogram of the primary head's attention values on the selected image (log
+    counts) with the threshold; click to move the threshold."""
+    matrix, source = _head_attention(data, state)
+    values = np.zeros(0) if matrix is None else matrix.reshape(-1)
+    edges = np.linspace(0.0, 1.0, 51)
+    counts = np.histogram(values, edges)[0]
+    hist = hv.Histogram((edges, np.where(counts > 0, counts, np.nan)), kdims=["attention"],
+                        vdims=["count"]).opts(
+        color=PATCH_COLOUR, line_color=None, logy=True, tools=["hover", "tap"])
+    above = int((values >= state.threshold).sum())
+    line = hv.VLine(state.threshold).opts(color=HIGHLIGHT, line_width=2)
+    return (hist * line).opts(hv.opts.Overlay(
+        title=f"D5 · attention values · threshold {state.threshold:.3g} ({above} ≥)",
+        width=300, height=240, xlim=(0, 1), ylim=(0.5, None), toolbar=None))

@@ -1,0 +1,162 @@
+"""The served explorer in a real browser: `panel serve explorer` on a free localhost port, opened
+in headless Chromium with Playwright. A click on a head in B1 must change C2 and D4 to that
+head, a click on an image in A must change B1 to that image, the page must log no console
+errors, and a screenshot goes to `test-artifacts/explorer.png`.
+
+Needs Debian's `chromium` (`/usr/bin/chromium`) and the `playwright` Python package; skipped
+with the reason when either is missing.
+"""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.explorer_runs import REPO, demo_runs_dir
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+ARTIFACTS = REPO / "test-artifacts"
+
+# CI sets VIT_VA_REQUIRE_BROWSER=1 so that a missing browser fails there instead of skipping.
+_REQUIRED = os.environ.get("VIT_VA_REQUIRE_BROWSER") == "1"
+if not Path(CHROMIUM).is_file():
+    if _REQUIRED:
+        raise RuntimeError(f"{CHROMIUM} is missing (apt-get install chromium)")
+    pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)", allow_module_level=True)
+if _REQUIRED:
+    import playwright.sync_api as _sync_api  # noqa: F401  (an ImportError fails the run)
+playwright = pytest.importorskip("playwright.sync_api", reason="playwright is missing "
+                                 "(pip install playwright; no browser download needed)")
+
+# Titles of the Bokeh figures on the page, by their first words; and a figure's screen position
+# of a data point, from the figure's own scales (so the test clicks where the data is).
+TITLES_JS = """() => {
+  const out = {};
+  for (const v of Bokeh.index.all_views()) {
+    if (v.frame && v.model.title && v.model.title.text) out[v.model.title.text] = true;
+  }
+  return Object.keys(out);
+}"""
+POSITION_JS = """([prefix, x, y]) => {
+  for (const v of Bokeh.index.all_views()) {
+    if (!(v.frame && v.model.title && v.model.title.text.startsWith(prefix))) continue;
+    const box = v.el.getBoundingClientRect();
+    return [box.left + v.frame.x_scale.compute(x), box.top + v.frame.y_scale.compute(y)];
+  }
+  return null;
+}"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    runs = demo_runs_dir(tmp_path_factory.getbasetemp())
+    port = _free_port()
+    env = {**os.environ, "VIT_VA_RUNS": str(runs), "VIT_VA_RUN": "demo",
+           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    log = open(tmp_path_factory.getbasetemp() / "panel-serve.log", "w")
+    process = subprocess.Popen([sys.executable, "-m", "panel", "serve", "explorer", "--port", str(port),
+                                "--address", "localhost"], cwd=REPO, env=env, stdout=log,
+                               stderr=subprocess.STDOUT)
+    url = f"http://localhost:{port}/explorer"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://localhost:{port}/", timeout=2)
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"panel serve did not start; see {log.name}")
+                time.sleep(0.5)
+        yield url, runs / "demo"
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+
+
+def _wait_title(page, prefix: str, contains: str, timeout: float = 60.0) -> str:
+    """The title of the figure starting with `prefix` once it contains `contains`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        titles = [t for t in page.evaluate(TITLES_JS) if t.startswith(prefix)]
+        if titles and contains in titles[0]:
+            return titles[0]
+        time.sleep(0.25)
+    raise AssertionError(f"no figure title {prefix!r}... containing {contains!r}; "
+                         f"titles: {page.evaluate(TITLES_JS)}")
+
+
+def test_served_explorer_links_views(server):
+    from explorer.data import RunData
+    from explorer.state import ExplorerState
+
+    url, run_path = server
+    data = RunData(run_path)
+    first = ExplorerState(data)  # what a new session opens on
+    target = (first.head + data.num_heads + 1) % data.num_heads_total
+    # An isolated point of the overview, so that a click at its position selects it alone.
+    xy = data.overview_xy
+    gaps = np.sort(np.linalg.norm(xy[:, None] - xy[None], axis=-1), axis=1)[:, 1]
+    image = int(np.argmax(np.where(np.arange(len(xy)) == first.image, -1, gaps)))
+
+    errors = []
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1800, "height": 2050})
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(url)
+            for area in ("A · Image overview", "B · Head importance", "C · Attention strength",
+                         "D · Attention patterns"):
+                page.get_by_text(area).first.wait_for(timeout=120_000)
+            _wait_title(page, "D4 ·", data.head_name(first.head))
+            c2_before = _wait_title(page, "C2 ·", data.head_name(first.head))
+            d4_before = _wait_title(page, "D4 ·", data.head_name(first.head))
+
+            # Click head `target` in B1 (its x is the flat head index).
+            line = data.head_values("probability", "image", first.image).values.reshape(-1)
+            x, y = page.evaluate(POSITION_JS, ["B1 · probability", target, float(line[target])])
+            page.mouse.click(x, y)
+            c2_after = _wait_title(page, "C2 ·", data.head_name(target))
+            d4_after = _wait_title(page, "D4 ·", data.head_name(target))
+            assert c2_after != c2_before and d4_after != d4_before
+            _wait_title(page, "B1 · probability", f"selected {data.head_name(target)}")
+
+            # Click image `image` in A: B1 now shows that image's importance.
+            b1_before = _wait_title(page, "B1 · probability", f"image {data.ids[first.image]}")
+            x, y = page.evaluate(POSITION_JS, ["A ·", float(xy[image, 0]), float(xy[image, 1])])
+            page.mouse.click(x, y)
+            b1_after = _wait_title(page, "B1 · probability", f"image {data.ids[image]} ")
+            assert b1_after != b1_before
+            _wait_title(page, "A ·", f"image {data.ids[image]} ")
+            # D follows the image too (its attention may be computed live: the first time, the
+            # model compiles).
+            _wait_title(page, "D4 ·", f"image {data.ids[image]}")
+            page.mouse.move(1, 1)  # no tooltip in the screenshot
+            time.sleep(1.0)  # let the last re-render paint before the screenshot
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "explorer.png"), full_page=True)
+        finally:
+            browser.close()
+    assert (ARTIFACTS / "explorer.png").stat().st_size > 50_000
+    assert errors == [], errors
+

@@ -1,0 +1,233 @@
+"""The explorer's selection state and its links, without a browser: a selection made in one view
+(a stream event, as a click would send) changes the state, and the views that depend on it then
+show the store's data for the new selection."""
+
+import holoviews as hv
+import numpy as np
+import pytest
+
+from explorer import views
+from explorer.app import ExplorerApp, ExplorerViews, build_app
+from explorer.data import RunData, load_run
+from explorer.state import ExplorerState
+from tests.explorer_runs import demo_runs_dir
+from vit_jax_va import store
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    return demo_runs_dir(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture(scope="module")
+def data(runs):
+    return load_run(runs / "demo")
+
+
+@pytest.fixture(scope="module")
+def arrays(runs):
+    run = store.open_run(runs / "demo")
+    return {g: {k: np.asarray(v) for k, v in run.arrays(g).items()}
+            for g in ("importance", "strength", "images", "patterns/patch")}
+
+
+@pytest.fixture
+def linked(data):
+    state = ExplorerState(data)
+    return state, ExplorerViews(data, state)
+
+
+def _head_mode(arrays):
+    return list(arrays["importance"]["modes"]).index("head")
+
+
+def test_state_opens_on_the_most_important_head(data, arrays):
+    after = arrays["importance"]["prob"][_head_mode(arrays)].mean(-1).reshape(-1)
+    state = ExplorerState(data)
+    assert state.head == int(np.argmin(after))
+    assert state.heads == [state.head]
+
+
+def test_head_selection_changes_the_head_views_to_that_heads_store_data(data, arrays):
+    state = ExplorerState(data, head=0, heads=[0], image=3)
+    profile = arrays["strength"]["profile"]  # [N, L, H, rings]
+    L, H = data.depth, data.num_heads
+    first = views.hop_profile_view(data, state).get(0).dimension_values("strength")
+    np.testing.assert_allclose(first, profile[3, 0, 0], rtol=1e-6)
+    target = L * H - 1
+    state.select_head(target)
+    second = views.hop_profile_view(data, state).get(0).dimension_values("strength")
+    np.testing.assert_allclose(second, profile[3, L - 1, H - 1], rtol=1e-6)
+    assert not np.allclose(first, second)
+    # C3 follows: the selected image's entropy of the new head is marked.
+    mark = views.entropy_distribution(data, state).get(2).data
+    assert mark == pytest.approx(float(arrays["strength"]["entropy"][3, L - 1, H - 1]))
+
+
+def test_image_selection_changes_b1_to_that_images_store_data(data, arrays):
+    prob = arrays["importance"]["prob"][_head_mode(arrays)]  # [L, H, N]
+    flat = prob.reshape(-1, prob.shape[-1])
+    # Two images whose per-head profiles differ, so the test can tell them apart.
+    a, b = 0, int(np.argmax(np.abs(flat - flat[:, :1]).max(axis=0)))
+    assert a != b
+    state = ExplorerState(data, image=a)
+    line = lambda: views.head_importance_line(data, state).get(1).dimension_values("value")  # noqa: E731
+    np.testing.assert_allclose(line(), flat[:, a], rtol=1e-6)
+    state.select_image(b)
+    np.testing.assert_allclose(line(), flat[:, b], rtol=1e-6)
+
+
+def test_clicks_in_views_select_heads_everywhere(linked, data, arrays):
+    state, v = linked
+    H = data.num_heads
+    v.streams["B1"].event(x=5.2, y=0.5)
+    assert state.head == 5 and state.heads == [5]
+    v.streams["B1 heat map"].event(x=1.1, y=2.0)  # x: head, y: layer
+    assert state.head == 2 * H + 1
+    v.streams["C1"].event(index=[3, 7, 4])
+    assert state.heads == [3, 4, 7] and state.head == 3
+    v.streams["D1"].event(index=[4, 9])  # the primary head (4) stays primary
+    assert state.heads == [4, 9] and state.head == 4
+    v.streams["D1"].event(index=[])  # an empty click keeps the selection
+    assert state.heads == [4, 9]
+    shares = arrays["patterns/patch"]["head_shares"]
+    cluster = int(np.argmax(shares[0]))  # head 0's main cluster: at least one head has it
+    w = data.prototypes("patch").shape[2]
+    v.streams["D1 prototypes"].event(x=cluster * (w + 1) + 0.5, y=1.0)
+    expected = [h for h in range(len(shares)) if not np.isnan(shares[h]).any()
+                and np.argmax(shares[h]) == cluster]
+    assert state.heads == expected
+
+
+def test_clicks_choose_image_mode_source_and_threshold(linked, data):
+    state, v = linked
+    v.streams["A"].event(index=[7])
+    assert state.image == 7
+    v.streams["B2"].event(x=3.1, y=0.2)
+    assert state.mode == "patch"
+    rows, cols = data.grid
+    v.streams["D2"].event(x=2.5, y=rows - 0.5)  # top row, third column
+    assert state.source_token == data.num_prefix + 2
+    v.streams["D4"].event(x=10.0, y=0.2)  # row 0 is the CLS query
+    assert state.source_token == 0
+    v.streams["D5"].event(x=0.3, y=10.0)
+    assert state.threshold == pytest.approx(0.3)
+
+
+def test_every_click_stream_is_attached_to_its_plot(linked):
+    """A stream HoloViews does not attach to a plot never fires in the browser."""
+    _, v = linked
+    renderer = hv.renderer("bokeh")
+    for name, stream in v.streams.items():
+        plot = renderer.get_plot(v.plots[name])
+        attached = [cb for p in [plot, *getattr(plot, "subplots", {}).values()] for cb in p.callbacks
+                    if stream in cb.streams]
+        assert attached, name
+
+
+def test_served_plots_follow_the_state(linked, data):
+    """The bokeh plots the server holds re-render when the state changes: titles name the new
+    head and image, and C2's bars carry the new head's profile."""
+    state, v = linked
+    renderer = hv.renderer("bokeh")
+    plots = {name: renderer.get_plot(v.plots[name]) for name in ("C2", "D4", "B1", "A")}
+    target = data.num_heads_total - 1
+    assert data.head_name(target) not in plots["C2"].state.title.text
+    state.select_head(target)
+    for name in ("C2", "D4", "B1"):
+        assert data.head_name(target) in plots[name].state.title.text, name
+    state.select_image(5)
+    assert f"image {data.ids[5]}" in plots["C2"].state.title.text
+    assert data.ids[5] in plots["A"].state.title.text
+
+
+def test_sessions_have_their_own_state(runs):
+    one, two = build_app(runs, "demo"), build_app(runs, "demo")
+    assert one.state is not two.state
+    before = two.state.head
+    one.state.select_head((before + 1) % one.state.data.num_heads_total)
+    assert two.state.head == before
+    assert one.state.data is two.state.data  # the run's arrays are shared read-only
+
+
+def test_run_picker_lists_only_the_runs_directory(runs, tmp_path):
+    app = ExplorerApp(runs, "demo")
+    assert app.picker.options == ["demo"]
+    app.open("../../etc")
+    assert "No run named" in app.main[0].object
+    assert app.state is None or app.state.data.name == "demo"
+
+
+def test_live_attention_matches_the_stored_attention(data, runs):
+    from explorer import live
+
+    kept = sorted(data.kept)[0]
+    stored = data.run.attention(kept)
+    computed = live.attention(str(data.path), kept)
+    np.testing.assert_allclose(computed, stored, atol=2e-5)
+    not_kept = next(i for i in range(data.num_images) if i not in data.kept)
+    attention, source = data.attention(not_kept)
+    assert source == "computed live" and attention.shape == stored.shape
+    np.testing.assert_allclose(attention.sum(-1), 1.0, atol=1e-4)
+
+
+def test_modes_missing_from_the_store_are_computed_live(runs, arrays):
+    data = RunData(runs / "demo")  # a private copy: its modes are edited below
+    data.modes = tuple(m for m in data.modes if m != "cls")
+    heads = [0, data.num_heads_total - 1]
+    live_values = data.mode_values("probability", "image", 1, heads)["cls"]
+    stored = arrays["importance"]["prob"][list(arrays["importance"]["modes"]).index("cls")]
+    expected = stored.reshape(-1, stored.shape[-1])[heads, 1]
+    np.testing.assert_allclose(live_values, expected, atol=1e-4)
+    assert np.isnan(data.mode_values("probability", "run", 1, heads)["cls"]).all()
+    top5 = data.top5(1, heads[1], "cls")
+    assert top5["source"] == "computed live"
+    assert top5["probs"][0] == pytest.approx(float(
+        arrays["importance"]["top5_probs"][list(arrays["importance"]["modes"]).index("cls"),
+                                           data.depth - 1, data.num_heads - 1, 1, 0]), abs=1e-4)
+
+
+def test_missing_demo_run_is_computed_first_with_progress(tmp_path):
+    """A runs directory without the demo run: the app runs the sweep (the same one as
+    `vit-va sweep`, shrunk here), reports its stages, then shows the explorer on it."""
+    from tests.explorer_runs import SMALL
+
+    app = ExplorerApp(tmp_path, "demo", sweep_args=("--images", "8", *SMALL))
+    assert app.job is not None and app.job.error is None, app.job and app.job.lines
+    assert {"analyse", "patterns"} <= set(app.job.stages_seen)
+    assert app.state is not None and app.state.data.num_images == 8
+    assert (tmp_path / "demo" / "manifest.json").is_file()
+    assert app.picker.options == ["demo"]
+
+
+def test_vit_va_explore_serves_a_run(runs):
+    """`vit-va explore RUN_DIR` serves the page on localhost (fetched over HTTP; the browser
+    test drives the page itself)."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from tests.explorer_runs import REPO
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    process = subprocess.Popen([sys.executable, "-m", "vit_jax_va.cli", "explore", str(runs / "demo"),
+                                "--port", str(port)], cwd=REPO, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                page = urllib.request.urlopen(f"http://localhost:{port}/", timeout=30).read().decode()
+                break
+            except OSError:
+                assert process.poll() is None, process.stdout.read()
+                assert time.monotonic() < deadline, "vit-va explore did not start"
+                time.sleep(0.5)
+        assert "vit-jax-va explorer" in page
+    finally:
+        process.terminate()
+        process.wait(timeout=20)

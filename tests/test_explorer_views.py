@@ -1,0 +1,206 @@
+"""Every explorer view renders, for the demo run (14 x 14 grid, labelled) and for a converted
+random timm ViT-Tiny (4 x 4 grid, unlabelled images), and shows what the store holds."""
+
+import base64
+import io
+import math
+
+import holoviews as hv
+import numpy as np
+import panel as pn
+import pytest
+from PIL import Image
+
+from explorer import views
+from explorer.app import build_app
+from explorer.data import METRICS, SCOPES, load_run
+from explorer.state import ExplorerState
+from tests.explorer_runs import demo_runs_dir, timm_runs_dir
+from vit_jax_va import store
+from vit_jax_va.masks import PRUNE_MODES
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    return demo_runs_dir(tmp_path_factory.getbasetemp()) / "demo"
+
+
+@pytest.fixture(scope="module")
+def timm_run(tmp_path_factory):
+    pytest.importorskip("timm")
+    return timm_runs_dir(tmp_path_factory.getbasetemp()) / "timm-tiny"
+
+
+def _render_everything(run_path):
+    app = build_app(run_path.parent, run_path.name)
+    figures = {name: hv.render(obj) for name, obj in app.views.plots.items()}
+    root = pn.panel(app.main).get_root()  # the whole page of the session, B3 and sidebar included
+    pn.panel(app.sidebar).get_root()
+    return app, figures, root
+
+
+@pytest.mark.parametrize("which", ["demo", "timm"])
+def test_every_view_renders(which, request):
+    run_path = request.getfixturevalue("demo" if which == "demo" else "timm_run")
+    app, figures, root = _render_everything(run_path)
+    data = app.state.data
+    assert set(figures) == {"A", "B1", "B1 heat map", "B2", "curve", "C1", "C2", "C3", "distance",
+                            "D1", "D1 prototypes", "D2", "D3", "D4", "D5"}
+    head = data.head_name(app.state.head)
+    for name in ("B1", "C1", "C2", "C3", "D1", "D4"):
+        assert head in figures[name].title.text, name
+    # Every selection-dependent view renders for another head, image, metric, scope and mode.
+    state = app.state
+    state.select_heads([data.num_heads_total - 1, 0])
+    state.select_image(data.num_images - 1)
+    for metric in METRICS:
+        for scope in SCOPES:
+            state.param.update(metric=metric, scope=scope)
+            hv.render(views.head_importance_line(data, state))
+            hv.render(views.partial_pruning_bars(data, state))
+    for mode in PRUNE_MODES:
+        state.mode = mode
+        assert "top-5" in views.top5_markdown(data, state)
+    for space in state.param.space.objects:
+        state.space = space
+        hv.render(views.pattern_density(data, state) * views.pattern_heads(data, state)
+                  * views.pattern_highlight(data, state))
+        hv.render(views.prototype_strip(data, state))
+    state.source_token = data.num_tokens - 1
+    for fn in (views.image_attention, views.attention_links, views.attention_matrix,
+               views.attention_histogram, views.hop_profile_view, views.entropy_distribution):
+        assert hv.render(fn(data, state)).title.text
+
+
+def test_timm_run_has_its_own_grid_and_no_labels(timm_run):
+    data = load_run(timm_run)
+    assert data.grid == (4, 4) and data.num_tokens == 17
+    assert (data.labels == -1).all()
+    state = ExplorerState(data)
+    # The class scope falls back to the predicted class of unlabelled images.
+    members = data.scope_images("class", 0)
+    assert (data.prediction[members] == data.prediction[0]).all()
+    state.scope = "class"
+    assert "class" in hv.render(views.head_importance_line(data, state)).title.text
+    d2 = views.image_attention(data, state)
+    weights = d2.get(1).dimension_values("attention", flat=False)
+    assert weights.shape == (4, 4)
+
+
+@pytest.fixture(scope="module")
+def data(demo):
+    return load_run(demo)
+
+
+@pytest.fixture(scope="module")
+def raw(demo):
+    run = store.open_run(demo)
+    return {g: {k: np.asarray(v) for k, v in run.arrays(g).items()}
+            for g in ("images", "importance", "strength", "patterns/patch", "curve")}
+
+
+@pytest.mark.parametrize("metric", list(METRICS))
+@pytest.mark.parametrize("scope", list(SCOPES))
+def test_b1_shows_the_stored_metric(data, raw, metric, scope):
+    imp, images = raw["importance"], raw["images"]
+    image = 2
+    head = list(imp["modes"]).index("head")
+    klass = images["labels"][image]
+    members = {"image": [image], "run": slice(None),
+               "class": np.flatnonzero(images["labels"] == klass)}[scope]
+    expected = {
+        "probability": lambda: imp["prob"][head][..., members].mean(-1),
+        "correct": lambda: imp["correct"][head][..., members].mean(-1),
+        "loss": lambda: (imp["loss"][head] - imp["baseline_loss"])[..., members].mean(-1),
+        "kl": lambda: imp["kl"][head][..., members].mean(-1),
+        "taylor": lambda: imp["taylor"][..., members].mean(-1),
+        "confidence": lambda: raw["strength"]["confidence"][members].mean(0),
+    }[metric]().reshape(-1)
+    state = ExplorerState(data, image=image, metric=metric, scope=scope)
+    line = views.head_importance_line(data, state).get(1)
+    np.testing.assert_allclose(line.dimension_values("value"), expected, rtol=1e-5, atol=1e-7)
+    heat = views.head_importance_heatmap(data, state).get(0)
+    # The heat map's array is drawn bottom-up (layer 0 in the last row, then the y axis inverted).
+    np.testing.assert_allclose(heat.data[::-1].reshape(-1), expected, rtol=1e-5, atol=1e-7)
+
+
+def test_b2_bars_and_glyphs(data, raw):
+    imp = raw["importance"]
+    state = ExplorerState(data, image=1, head=3, heads=[3])
+    overlay = views.partial_pruning_bars(data, state)
+    bars = overlay.get(0)
+    layer, head = divmod(3, data.num_heads)
+    expected = [imp["prob"][list(imp["modes"]).index(m), layer, head, 1] for m in PRUNE_MODES]
+    tops = bars.dimension_values("y1")
+    bottoms = bars.dimension_values("y0")
+    np.testing.assert_allclose(np.where(tops > 0, tops, bottoms), expected, rtol=1e-6)
+    # Glyph blocks per mode: (CLS->CLS, CLS->patch, patch->CLS, patch->patch) zeroed, as the
+    # modes are defined in METHOD.md section 1 (B2).
+    zeroed = {"none": (0, 0, 0, 0), "head": (1, 1, 1, 1), "cls": (1, 1, 1, 0),
+              "patch": (0, 0, 0, 1), "cross": (0, 1, 1, 0), "cls_cls": (1, 0, 0, 0)}
+    glyphs = overlay.get(1)
+    fills = glyphs.dimension_values("fill")
+    for m, mode in enumerate(PRUNE_MODES):
+        got = tuple(int(f != "#ffffff") for f in fills[4 * m: 4 * m + 4])
+        assert got == zeroed[mode], mode
+    ring = overlay.get(2)
+    assert len(ring) == 1 and abs(ring.dimension_values("x0")[0] - (PRUNE_MODES.index("head") - 0.42)) < 1e-9
+
+
+def test_d_views_show_the_heads_attention(data):
+    kept = sorted(data.kept)[0]
+    state = ExplorerState(data, image=kept, head=data.num_heads + 1, heads=[data.num_heads + 1])
+    attention = data.run.attention(kept)[1, 1]
+    matrix = views.attention_matrix(data, state).get(0)
+    np.testing.assert_allclose(matrix.data[::-1], attention, rtol=1e-6)
+    state.threshold = float(np.quantile(attention, 0.9))
+    links = views.attention_links(data, state)
+    assert len(links) == min(views.MAX_LINKS, int((attention >= state.threshold).sum()))
+    assert (links.dimension_values("weight") >= state.threshold).all()
+    cls_link = (links.dimension_values("source") < data.num_prefix) | (links.dimension_values("target") < data.num_prefix)
+    chosen = links.dimension_values("source") == state.source_token
+    colours = links.dimension_values("colour")
+    assert (colours[cls_link & ~chosen] == views.CLS_COLOUR).all()
+    assert (colours[~cls_link & ~chosen] == views.PATCH_COLOUR).all()
+    hist = views.attention_histogram(data, state).get(0)
+    assert np.nansum(hist.dimension_values("count")) == attention.size
+    state.source_token = data.num_prefix + 5
+    d2 = views.image_attention(data, state)
+    rows, cols = data.grid
+    np.testing.assert_allclose(d2.get(1).data, attention[data.num_prefix + 5, data.num_prefix:].reshape(rows, cols))
+    targets = int((attention[data.num_prefix + 5, data.num_prefix:] >= state.threshold).sum())
+    assert len(d2.get(2)) == targets + 1  # the targets and the source patch
+
+
+def test_d1_density_counts_every_item_once(data, raw):
+    counts, bounds = data.density("patch")
+    assert counts.sum() == len(raw["patterns/patch"]["xy"])
+    heads = views.pattern_heads(data, ExplorerState(data))
+    np.testing.assert_allclose(heads.dimension_values("x"), raw["patterns/patch"]["head_xy"][:, 0])
+
+
+def test_c_views(data, raw):
+    state = ExplorerState(data, image=4, head=2, heads=[2, 5])
+    entropy = raw["strength"]["entropy"]
+    dots = views.entropy_points(data, state)
+    np.testing.assert_allclose(dots.dimension_values("entropy"), entropy[4].reshape(-1), rtol=1e-6)
+    ceiling = views.entropy_highlight(data, state).get(0).data
+    assert ceiling == pytest.approx(math.log(data.grid[0]))  # ln(rings) for a square grid
+    c3 = views.entropy_distribution(data, state)
+    assert c3.get(0).dimension_values("count").sum() == data.num_images
+    assert len(c3.get(1).split()) == 1  # the second selected head's distribution
+
+
+def test_image_overview_points_and_thumbnails(data, raw):
+    points = views.image_points(data)
+    images = raw["images"]
+    np.testing.assert_allclose(points.dimension_values("x"), images["overview_xy"][:, 0])
+    p_true = images["probs"][np.arange(len(images["labels"])), images["labels"]]
+    np.testing.assert_allclose(points.dimension_values("p_true"), p_true, rtol=1e-6)
+    uri = points.dimension_values("thumb")[3]
+    assert uri.startswith("data:image/png;base64,")
+    picture = np.asarray(Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))))
+    np.testing.assert_array_equal(picture, images["thumbnails"][3].squeeze(-1)
+                                  if images["thumbnails"].shape[-1] == 1 else images["thumbnails"][3])
+    assert data.find_image(str(images["ids"][6])) == 6
+    assert data.find_image("no such id") is None
