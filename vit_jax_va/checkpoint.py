@@ -37,6 +37,17 @@ class CheckpointError(ValueError):
     """A checkpoint (ours or a foreign one) cannot be read; the message names the file and key."""
 
 
+def _checkpointer():
+    """An Orbax checkpointer for this process alone: our checkpoints hold host (numpy) arrays,
+    and under `jax.distributed` one process may save or load while the others do something
+    else (Orbax would otherwise wait for every process at a barrier)."""
+    import orbax.checkpoint as ocp
+
+    process = jax.process_index()
+    return ocp.StandardCheckpointer(multiprocessing_options=ocp.options.MultiprocessingOptions(
+        primary_host=process, active_processes={process}))
+
+
 def save_module(module: nnx.Module, path: str | os.PathLike, *, kind: str,
                 config: dict[str, Any], overwrite: bool = False) -> Path:
     """Save `module`'s state with Orbax and `config` as JSON under `path`.
@@ -48,8 +59,6 @@ def save_module(module: nnx.Module, path: str | os.PathLike, *, kind: str,
       config: JSON-serialisable dict from which `load_module`'s `build` rebuilds the module.
     Returns the absolute checkpoint path.
     """
-    import orbax.checkpoint as ocp
-
     from vit_jax_va import __version__
 
     path = Path(path).absolute()
@@ -59,7 +68,7 @@ def save_module(module: nnx.Module, path: str | os.PathLike, *, kind: str,
     tmp.mkdir(parents=True)
     try:
         state = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(module)))
-        checkpointer = ocp.StandardCheckpointer()
+        checkpointer = _checkpointer()
         checkpointer.save(tmp / "state", _str_keys(state))
         checkpointer.wait_until_finished()
         meta = {"kind": kind, "format_version": FORMAT_VERSION, "config": config,
@@ -106,8 +115,6 @@ def load_module(path: str | os.PathLike, build: Callable[[dict[str, Any]], M], *
         replaced; construction is traced abstractly, so it costs no initialisation).
     Returns (module, meta).
     """
-    import orbax.checkpoint as ocp
-
     path = Path(path).absolute()
     meta = read_meta(path, kind=kind)
     abstract = nnx.eval_shape(lambda: build(meta["config"]))
@@ -115,7 +122,7 @@ def load_module(path: str | os.PathLike, build: Callable[[dict[str, Any]], M], *
     target = _str_keys(nnx.to_pure_dict(abstract_state))
     target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), target)
     try:
-        restored = ocp.StandardCheckpointer().restore(path / "state", target)
+        restored = _checkpointer().restore(path / "state", target)
     except Exception as err:  # Orbax raises several types; all mean the same to the caller
         raise CheckpointError(f"cannot restore the arrays of {path}: {err}") from err
     # Orbax restores the stored shapes even when the target asks for others: check each array.

@@ -380,7 +380,8 @@ def ablate_heads(model: ViT, images, labels=None, modes: tuple[str, ...] = ("hea
         number of devices.
       variant_chunk: (mode, head) pairs vectorised together; default from a memory budget.
       mesh: split each image chunk over the mesh's devices (data parallel). Results equal the
-        single-device ones to float32 rounding.
+        single-device ones to float32 rounding. A mesh may span several processes
+        (`jax.distributed`): each process then passes the same images and gets every result.
     Returns:
       a `HeadAblation` with per-head arrays `[M, L, H, N]` and baseline arrays `[N]`.
     """
@@ -416,7 +417,7 @@ def ablate_heads(model: ViT, images, labels=None, modes: tuple[str, ...] = ("hea
             chunk_images = jax.device_put(chunk_images, jax.sharding.NamedSharding(
                 mesh, _batch_spec(mesh, 4, 0)))
         out = sweep(state, chunk_images, chunk_labels, removed)
-        chunks.append({k: np.take(np.asarray(v), np.arange(stop - start), axis=_BATCH_AXIS[k])
+        chunks.append({k: np.take(_to_host(v), np.arange(stop - start), axis=_BATCH_AXIS[k])
                        for k, v in out.items()})
     out = {k: np.concatenate([ch[k] for ch in chunks], axis=_BATCH_AXIS[k]) for k in chunks[0]}
     return HeadAblation(modes=modes, **_arrange_modes(out, modes, swept_modes),
@@ -453,6 +454,16 @@ def _check_labels(labels, n: int, num_classes: int) -> np.ndarray:
     if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
         raise ValueError(f"labels must lie in [0, {num_classes})")
     return labels.astype(np.int32)
+
+
+def _to_host(value: jax.Array) -> np.ndarray:
+    """A result as a numpy array; one sharded over several processes' devices (a mesh that
+    spans hosts) is gathered from all of them first."""
+    if not value.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(value, tiled=True))
+    return np.asarray(value)
 
 
 def _pad(array: np.ndarray, size: int, fill: float = 0) -> np.ndarray:

@@ -190,6 +190,22 @@ class Sweep:
                              "timings_s": {}, "complete": False, "created": time.time()}
             store.write_json(path, self.manifest)
 
+    def _join(self) -> None:
+        """A process other than 0: read the manifest process 0 opened (the run directory must
+        be on storage every process sees) and check that it describes this sweep."""
+        path = self.path / store.MANIFEST
+        if not path.is_file():
+            raise store.RunError(
+                f"process {jax.process_index()} does not see {path}, which process 0 wrote: "
+                "--out must be on storage every host sees")
+        manifest = store.read_manifest(self.path)
+        for key in ("schema_version", "model", "data", "options"):
+            differences = _differences(_jsonable(manifest.get(key)), _jsonable(self.identity[key]), key)
+            if differences:
+                raise store.RunError(f"process {jax.process_index()} has other {key} settings "
+                                     f"than process 0 (" + "; ".join(differences[:5]) + ")")
+        self.manifest = manifest
+
     def _done(self, stage: str, seconds: float, **extra: Any) -> None:
         self.manifest["stages_done"] = [*self.manifest["stages_done"], stage]
         self.manifest["timings_s"][stage] = round(
@@ -200,22 +216,45 @@ class Sweep:
     # Run ----------------------------------------------------------------------------------
 
     def run(self) -> Path:
-        """Do every stage not done yet; returns the run directory."""
-        self._open()
+        """Do every stage not done yet; returns the run directory.
+
+        With several JAX processes (`jax.distributed`), every process analyses its share of
+        the image chunks (chunk i goes to process i mod P) on its own devices and writes them
+        to the shared run directory; process 0 then does the remaining stages alone.
+        """
+        process, processes = jax.process_index(), jax.process_count()
+        if process == 0:
+            self._open()
+        if processes > 1:
+            _barrier("vit-va-sweep-open")
+            if process != 0:
+                self._join()
         if self.manifest.get("complete"):
             self.log(f"{self.path}: the sweep is already complete; nothing to do")
             return self.path
         with jax.default_matmul_precision(self.options.precision):
             for stage in STAGES:
-                if stage in self.manifest["stages_done"]:
+                if stage in self.manifest["stages_done"] or (process != 0 and stage != "analyse"):
                     continue
                 start = time.perf_counter()
                 extra = getattr(self, f"_{stage}")() or {}
-                self._done(stage, time.perf_counter() - start, **extra)
+                if stage == "analyse" and processes > 1:
+                    _barrier("vit-va-sweep-analysed")
+                if process == 0:
+                    self._done(stage, time.perf_counter() - start, **extra)
+        if process != 0:
+            self.log(f"process {process}: analysed its share of the chunks; process 0 "
+                     "finishes the run")
+            # Stay until process 0 is done: JAX's shutdown barrier times out when one
+            # process leaves long before the others.
+            _barrier("vit-va-sweep-done")
+            return self.path
         store.remove_tree(self.path / "chunks")
         self.manifest["complete"] = True
         store.write_json(self.path / store.MANIFEST, self.manifest)
         self._summary()
+        if processes > 1:
+            _barrier("vit-va-sweep-done")
         return self.path
 
     def _bar(self, total: int, desc: str, unit: str):
@@ -257,10 +296,12 @@ class Sweep:
         labels_all = self.source.labels
         mesh = _data_mesh()
         forward = _forward_fn(self.model)
-        todo = [(i, s, e) for i, (s, e) in enumerate(chunks)
-                if not (folder / f"{i:06d}.npz").is_file()]
-        with self._bar(self.num_images, "analyse", "img") as bar:
-            bar.update(self.num_images - sum(e - s for _, s, e in todo))
+        process, processes = jax.process_index(), jax.process_count()
+        mine = [(i, s, e) for i, (s, e) in enumerate(chunks) if i % processes == process]
+        todo = [(i, s, e) for i, s, e in mine if not (folder / f"{i:06d}.npz").is_file()]
+        share = sum(e - s for _, s, e in mine)
+        with self._bar(share, "analyse", "img") as bar:
+            bar.update(share - sum(e - s for _, s, e in todo))
             for index, start, stop in todo:
                 images, thumbnails = self._load(start, stop)
                 labels = None if labels_all is None else np.asarray(labels_all[start:stop])
@@ -486,10 +527,18 @@ def _forward_fn(model: ViT):
 
 
 def _data_mesh():
-    devices = jax.devices()
+    """A mesh over this process's devices (other processes sweep other chunks)."""
+    devices = jax.local_devices()
     if len(devices) < 2:
         return None
     return jax.sharding.Mesh(np.asarray(devices), ("data",))
+
+
+def _barrier(name: str) -> None:
+    """Wait until every JAX process gets here."""
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices(name)
 
 
 def _pad(array: np.ndarray, size: int) -> np.ndarray:
