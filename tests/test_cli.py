@@ -42,3 +42,18 @@ def test_bad_input_is_one_clear_line(tmp_path):
     assert result.returncode == 1
     assert "no checkpoint file at" in result.stderr and "missing.pth" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_without_torch_and_timm_the_cli_names_the_extra(tmp_path):
+    # sys.modules[name] = None makes `import name` and importlib's find_spec fail, as on a core
+    # install without the [timm] extra.
+    script = ("import sys; sys.modules['torch'] = None; sys.modules['timm'] = None; "
+              "from vit_jax_va.cli import main; sys.exit(main(sys.argv[1:]))")
+    for args in (["convert", "vit_tiny_patch16_224", str(tmp_path / "out")],
+                 ["sweep", "--model", "vit_tiny_patch16_224", "--out", str(tmp_path / "run")]):
+        result = subprocess.run([sys.executable, "-c", script, *args], capture_output=True,
+                                text=True)
+        assert result.returncode == 1, result.stderr
+        assert "needs torch and timm" in result.stderr, result.stderr
+        assert "pip install 'vit-jax-va[timm]'" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists() and not (tmp_path / "run").exists()
