@@ -138,14 +138,20 @@ def demo_sweep(out: Path, sweep_args: tuple[str, ...] = ()) -> SweepJob:
 # Linking helpers ------------------------------------------------------------------------------
 
 def dynamic(fn, data: RunData, state: ExplorerState, params: list[str],
-            clicks: streams.Stream | None = None) -> hv.DynamicMap:
+            clicks: streams.Stream | None = None, framewise: bool = True) -> hv.DynamicMap:
     """A DynamicMap of `fn(data, state)` that re-renders when any of `params` changes.
 
+    `framewise`: axis and colour ranges follow each new frame (a new image's B1 line may lie
+    wholly outside the first one's range); off only where the extent never changes and the
+    user's zoom should survive a selection (the image overview).
     `clicks` (a `Tap`) is given to the DynamicMap itself rather than linked by `source=`:
     HoloViews does not attach a sourced stream to a DynamicMap that returns an overlay.
     """
-    return hv.DynamicMap(lambda **_: fn(data, state),
-                         streams=[streams.Params(state, params), *([clicks] if clicks else [])])
+    def frame(**_):
+        element = fn(data, state)
+        return element.map(lambda e: e.opts(framewise=True), hv.Element) if framewise else element
+
+    return hv.DynamicMap(frame, streams=[streams.Params(state, params), *([clicks] if clicks else [])])
 
 
 SELECTION = ["head", "heads"]
@@ -162,7 +168,7 @@ class ExplorerViews:
 
         # A
         points = views.image_points(d)
-        self.image_overview = points * dynamic(views.image_marker, d, s, ["image"])
+        self.image_overview = points * dynamic(views.image_marker, d, s, ["image"], framewise=False)
         self._on("A", streams.Selection1D(source=points), self._image_selected)
 
         # B

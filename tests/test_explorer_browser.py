@@ -12,7 +12,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -75,8 +74,10 @@ def server(tmp_path_factory):
     try:
         deadline = time.monotonic() + 120
         while True:
+            # Only that the server listens: a page request would build a whole session, which
+            # can take longer than any short timeout on a busy machine.
             try:
-                urllib.request.urlopen(f"http://localhost:{port}/", timeout=2)
+                socket.create_connection(("localhost", port), timeout=2).close()
                 break
             except OSError:
                 if process.poll() is not None or time.monotonic() > deadline:

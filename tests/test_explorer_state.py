@@ -231,3 +231,32 @@ def test_vit_va_explore_serves_a_run(runs):
     finally:
         process.terminate()
         process.wait(timeout=20)
+
+
+def test_axes_follow_the_data_of_the_new_selection(linked, data):
+    """Axis and colour ranges are recomputed for every selection (framewise), so a line or bar
+    whose values moved out of the first selection's range is still on screen."""
+    state, v = linked
+    renderer = hv.renderer("bokeh")
+    plots = {name: renderer.get_plot(v.plots[name]) for name in ("B1", "C2", "D5", "B1 heat map")}
+
+    def covered(plot, values):
+        y = plot.state.y_range
+        return y.start <= float(np.nanmin(values)) + 1e-9 and y.end >= float(np.nanmax(values)) - 1e-9
+
+    # The image whose B1 line lies furthest from the first image's, and the head whose profile
+    # peaks highest above the first head's.
+    lines = np.stack([data.head_values("probability", "image", i).values.reshape(-1)
+                      for i in range(data.num_images)])
+    image = int(np.argmax(np.abs(lines - lines[state.image]).max(axis=1)))
+    peaks = data.strength["profile"][state.image].reshape(data.num_heads_total, -1).max(axis=1)
+    head = int(np.argmax(peaks))
+    state.select_head(int(np.argmin(peaks)))
+    state.select_image(image)
+    assert covered(plots["B1"], lines[image])
+    state.select_head(head)
+    assert covered(plots["C2"], data.hop_profiles(image, [head])[0])
+    cells = data.head_values("probability", "image", image).values
+    mapper = next(sub.handles["color_mapper"] for sub in plots["B1 heat map"].subplots.values()
+                  if "color_mapper" in sub.handles)
+    assert mapper.low <= cells.min() + 1e-9 and mapper.high >= cells.max() - 1e-9
