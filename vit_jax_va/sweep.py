@@ -441,8 +441,7 @@ class Sweep:
                 items = raw.reshape(-1, *raw.shape[3:])
                 head = np.tile(np.arange(c.num_heads_total), len(raw))
                 item_image = np.repeat(image, c.num_heads_total)
-                rng = np.random.default_rng(self.options.seed)
-                heldout = rng.random(len(items)) < 0.15
+                heldout = _heldout_items(len(raw), c.num_heads_total, self.options.seed)
                 autoencoder, log = train_autoencoder(items[~heldout], latent_dim=self.options.latent_dim,
                                                      seed=self.options.seed)
                 err = reconstruction_errors(autoencoder, items[~heldout], items[heldout])
@@ -524,6 +523,18 @@ def _forward_fn(model: ViT):
         return out.logits, out.pre_logits, out.attention
 
     return forward
+
+
+def _heldout_items(num_images: int, heads: int, seed: int, fraction: float = 0.15) -> np.ndarray:
+    """Bool `[num_images * heads]`: the items of a seeded `fraction` of the images (at least
+    one), held out of autoencoder training. Whole images, so that held-out maps are never
+    those of an image the autoencoder saw through another head."""
+    rng = np.random.default_rng(seed)
+    if num_images < 2:
+        return rng.random(num_images * heads) < fraction
+    held = np.zeros(num_images, bool)
+    held[rng.choice(num_images, max(1, round(fraction * num_images)), replace=False)] = True
+    return np.repeat(held, heads)
 
 
 def _data_mesh():
