@@ -4,9 +4,13 @@ The model is this project's own `ViT`; the optimiser is Optax AdamW with linear 
 cosine decay, global-norm clipping and weight decay on matrices only. Augmentation (random
 horizontal flip, optionally a random crop after zero padding), PatchDropout (a random half of
 the patch tokens per image, which makes a step about 2.5x cheaper on 197 tokens) and
-normalisation run inside the jitted step on uint8 batches, so the host only gathers indices. Everything random is derived from one
-seed: initialisation, the shuffling order, augmentation. Two runs with the same seed and data
-give identical weights on the same machine.
+normalisation run inside the jitted step on uint8 batches, so the host only gathers indices.
+With several local devices the batch is split over them (data parallel). On a 2-core CPU,
+`XLA_FLAGS="--xla_force_host_platform_device_count=2 --xla_cpu_multi_thread_eigen=false
+intra_op_parallelism_threads=1"` (two single-threaded devices) made a step about 15% faster
+than XLA's default threading, which here was no faster than one thread. Everything random is
+derived from one seed: initialisation, the shuffling order, augmentation. Two runs with the
+same seed, data and device count give identical weights on the same machine.
 
 Shapes: N images, b batch, h x w pixels, K classes.
 """
@@ -227,6 +231,17 @@ def train_vit(config: ViTConfig, settings: TrainSettings, images: np.ndarray,
             updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss, correct
 
+    # Data parallel over this process's devices: the batch is split, the weights replicated.
+    devices = jax.local_devices()
+    if len(devices) > 1 and settings.batch_size % len(devices) == 0:
+        mesh = jax.sharding.Mesh(np.asarray(devices), ("data",))
+        split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+        replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        params, opt_state = jax.device_put((params, opt_state), replicated)
+        place = lambda batch: jax.device_put(batch, split)  # noqa: E731
+    else:
+        place = jnp.asarray
+
     history: list[EpochLog] = []
     for epoch in range(settings.epochs):
         start = time.perf_counter()
@@ -238,8 +253,8 @@ def train_vit(config: ViTConfig, settings: TrainSettings, images: np.ndarray,
         for i in range(steps_per_epoch):
             idx = order[i * settings.batch_size:(i + 1) * settings.batch_size]
             key = jax.random.fold_in(augment_key, epoch * steps_per_epoch + i)
-            params, opt_state, loss, correct = step(params, opt_state, images[idx], labels[idx], key,
-                                                     keep=keep)
+            params, opt_state, loss, correct = step(params, opt_state, place(images[idx]),
+                                                     place(labels[idx]), key, keep=keep)
             total_loss = total_loss + loss
             total_correct = total_correct + correct.astype(jnp.int32)
         seen = steps_per_epoch * settings.batch_size
@@ -376,7 +391,9 @@ def train_demo(out: str | os.PathLike, *, data_dir: str | os.PathLike | None = N
         "weights_sha256": weights_hash(model),
         "command": command if command is not None else " ".join(sys.argv),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                    "jax": jax.__version__, "backend": jax.default_backend()},
+                    "jax": jax.__version__, "backend": jax.default_backend(),
+                    "devices": jax.local_device_count(),
+                    "xla_flags": os.environ.get("XLA_FLAGS", "")},
     }
     if init_from is not None:
         record["initialised_from"] = previous if previous is not None else str(init_from)
