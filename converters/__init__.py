@@ -2,7 +2,8 @@
 only inside the functions that need them."""
 
 from converters.timm import (UnsupportedModelError, config_from_timm, create_timm_model,
-                             from_timm, parity_report, read_state_dict, timm_forward, to_timm)
+                             from_timm, parity_report, read_state_dict, source_module, timm_forward,
+                             to_timm)
 
 __all__ = ["UnsupportedModelError", "config_from_timm", "create_timm_model", "from_timm",
-           "parity_report", "read_state_dict", "timm_forward", "to_timm"]
+           "parity_report", "read_state_dict", "source_module", "timm_forward", "to_timm"]

@@ -288,6 +288,10 @@ def from_timm(source: Any, model_name: str | None = None, *, config: ViTConfig |
 
 
 def _from_hub(name: str, model_kwargs: dict[str, Any]) -> ViT:
+    return from_timm(_hub_module(name, model_kwargs))
+
+
+def _hub_module(name: str, model_kwargs: dict[str, Any]) -> Any:
     import timm
 
     try:
@@ -302,7 +306,38 @@ def _from_hub(name: str, model_kwargs: dict[str, Any]) -> ViT:
         raise CheckpointError(f"could not fetch pretrained weights for {name!r} ({err}); without "
                               "network access, pass a local .safetensors/.pth file and "
                               f"model_name={name!r}") from err
-    return from_timm(module.eval())
+    return module.eval()
+
+
+def source_module(source: Any, model_name: str | None = None, **model_kwargs: Any) -> Any:
+    """The timm module that `source` describes, holding the source's own weights (eval mode).
+
+    Takes what `from_timm` takes (a module, a file with `model_name`, a hub name). A parity
+    check against this module tests the conversion against the original, not against a model
+    rebuilt from the converted weights. A file whose keys timm's `load_state_dict(strict=True)`
+    refuses is reported with the keys and the file's name.
+    """
+    import torch
+    import torch.nn as nn
+
+    if isinstance(source, nn.Module):
+        return source.eval()
+    path = Path(source)
+    if not path.exists():
+        if path.suffix in TORCH_SUFFIXES + SAFETENSORS_SUFFIXES or os.sep in str(source):
+            raise FileNotFoundError(f"no checkpoint file at {path}")
+        return _hub_module(str(source), model_kwargs)
+    if model_name is None:
+        raise ValueError(f"converting {path} needs model_name= (its timm architecture, e.g. "
+                         "'vit_base_patch16_224')")
+    state_dict = read_state_dict(path)
+    module = _create_architecture(model_name, state_dict, model_kwargs)
+    try:
+        module.load_state_dict({k: torch.tensor(np.asarray(v, np.float32))
+                                for k, v in state_dict.items()}, strict=True)
+    except RuntimeError as err:
+        raise CheckpointError(f"timm's {model_name!r} does not load {path}: {err}") from None
+    return module.eval()
 
 
 def _create_architecture(model_name: str, state_dict: Mapping[str, np.ndarray],

@@ -44,6 +44,19 @@ def test_bad_input_is_one_clear_line(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+def test_weights_of_another_architecture_are_refused_by_name(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file(make_named("vit_tiny_patch16_224", num_classes=10).state_dict(),
+              tmp_path / "tiny.safetensors")
+    result = _vit_va("convert", str(tmp_path / "tiny.safetensors"), str(tmp_path / "out"),
+                     "--model-name", "vit_small_patch16_224")
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "'vit_small_patch16_224' does not load" in result.stderr
+    assert "tiny.safetensors" in result.stderr and "blocks.0" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_without_torch_and_timm_the_cli_names_the_extra(tmp_path):
     # sys.modules[name] = None makes `import name` and importlib's find_spec fail, as on a core
     # install without the [timm] extra.

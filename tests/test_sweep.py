@@ -28,13 +28,17 @@ CONFIG = ViTConfig(image_size=16, patch_size=4, in_channels=1, mean=(0.5,), std=
                    interpolation="bilinear", class_names=("a", "b", "c"))
 
 
+def _random_pixels() -> ImageDataset:
+    rng = np.random.default_rng(0)
+    return ImageDataset(rng.integers(0, 256, (10, 16, 16), dtype=np.uint8),
+                        labels=rng.integers(0, 3, 10), class_names=CONFIG.class_names,
+                        description={"source": "random pixels"})
+
+
 @pytest.fixture(scope="module")
 def in_memory_run(tmp_path_factory):
     model = random_vit(CONFIG, seed=0)
-    rng = np.random.default_rng(0)
-    dataset = ImageDataset(rng.integers(0, 256, (10, 16, 16), dtype=np.uint8),
-                           labels=rng.integers(0, 3, 10), class_names=CONFIG.class_names,
-                           description={"source": "random pixels"})
+    dataset = _random_pixels()
     out = tmp_path_factory.mktemp("runs") / "r"
     Sweep(model, usable_images(dataset), out, options=SweepOptions(**SMALL), model_source="random",
           progress=False, log=lambda _: None).run()
@@ -65,6 +69,21 @@ def test_store_holds_what_the_library_computes(in_memory_run):
     assert run.array("images", "thumbnails").shape == (10, 16, 16, 1)
     assert run.array("images", "overview_xy").shape == (10, 2)
     assert run.manifest["complete"] and not (out / "chunks").exists()
+
+
+def test_attention_is_kept_for_the_chosen_images(tmp_path):
+    model, dataset = random_vit(CONFIG, seed=0), _random_pixels()
+    options = SweepOptions(**{**SMALL, "keep_attention": (7, 2, 7)})
+    Sweep(model, usable_images(dataset), tmp_path / "r", options=options, progress=False,
+          log=lambda _: None).run()
+    run = vit_jax_va.open_run(tmp_path / "r")
+    assert run.kept_attention() == [2, 7]
+    images = next(dataset.batches(CONFIG, batch_size=10)).images
+    attention = model(jnp.asarray(images), return_attention=True).attention
+    np.testing.assert_allclose(run.attention(7), np.asarray(attention[7]), atol=1e-6)
+    with pytest.raises(ValueError, match=r"image positions \[12\], but the sweep has 10 images"):
+        Sweep(model, usable_images(dataset), tmp_path / "s",
+              options=SweepOptions(**{**SMALL, "keep_attention": (3, 12)}))
 
 
 def test_finished_run_does_nothing_and_other_settings_are_refused(in_memory_run):
@@ -115,31 +134,49 @@ def _arrays(run_dir):
             if "autoencoder" not in p.parts}
 
 
-def test_kill_and_resume_equals_an_uninterrupted_run(timm_checkpoint_and_pngs, tmp_path):
+@pytest.fixture(scope="module")
+def uninterrupted(timm_checkpoint_and_pngs, tmp_path_factory):
     checkpoint, pngs = timm_checkpoint_and_pngs
-    whole = subprocess.run(_sweep_cli(checkpoint, pngs, tmp_path / "whole"), capture_output=True,
-                           text=True)
+    out = tmp_path_factory.mktemp("whole") / "run"
+    whole = subprocess.run(_sweep_cli(checkpoint, pngs, out), capture_output=True, text=True)
     assert whole.returncode == 0, whole.stderr
-    assert "broken.png" in whole.stderr + whole.stdout  # the bad file is named, not fatal
-    manifest = json.loads((tmp_path / "whole" / "manifest.json").read_text())
+    return out, whole.stdout + whole.stderr
+
+
+def test_a_bad_image_is_named_and_skipped(uninterrupted):
+    out, said = uninterrupted
+    assert "broken.png" in said  # the bad file is named, not fatal
+    manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["data"]["num_images"] == 16
     assert [s["path"].endswith("broken.png") for s in manifest["data"]["skipped_files"]] == [True]
     assert manifest["data"]["class_names"] == ["cat", "dog"]
+    assert not list(out.rglob("raw_*.npy")), "the patterns stage's inputs outlived the run"
 
+
+# (stage that must not be done yet when the process is killed, file whose appearance triggers it)
+KILL_POINTS = {"analyse": ("collect", "chunks/000000.npz"),
+               "patterns": ("patterns", "patterns/patch/items.npy")}
+
+
+@pytest.mark.parametrize("during", sorted(KILL_POINTS))
+def test_kill_and_resume_equals_an_uninterrupted_run(timm_checkpoint_and_pngs, uninterrupted,
+                                                     tmp_path, during):
+    checkpoint, pngs = timm_checkpoint_and_pngs
+    not_done, trigger = KILL_POINTS[during]
     resumed = tmp_path / "resumed"
     process = subprocess.Popen(_sweep_cli(checkpoint, pngs, resumed), stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    while not (resumed / "chunks" / "000000.npz").exists() and time.time() < deadline:
+    while not (resumed / trigger).exists() and time.time() < deadline:
         assert process.poll() is None, "the sweep ended before it could be killed"
-        time.sleep(0.01)
+        time.sleep(0.005)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     killed = json.loads((resumed / "manifest.json").read_text())
-    assert not killed["complete"] and "collect" not in killed["stages_done"]
+    assert not killed["complete"] and not_done not in killed["stages_done"]
     again = subprocess.run(_sweep_cli(checkpoint, pngs, resumed), capture_output=True, text=True)
     assert again.returncode == 0, again.stderr
-    ours, reference = _arrays(resumed), _arrays(tmp_path / "whole")
+    ours, reference = _arrays(resumed), _arrays(uninterrupted[0])
     assert sorted(ours) == sorted(reference) and len(ours) > 30
     for name in reference:
         np.testing.assert_array_equal(ours[name], reference[name], err_msg=name)

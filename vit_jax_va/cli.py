@@ -48,7 +48,8 @@ def _convert(args: argparse.Namespace) -> int:
     if args.img_size is not None:
         kwargs["img_size"] = args.img_size
     start = time.perf_counter()
-    model = converters.from_timm(args.source, model_name=args.model_name, **kwargs)
+    source = converters.source_module(args.source, model_name=args.model_name, **kwargs)
+    model = converters.from_timm(source)
     path = vit_jax_va.save(model, args.out, overwrite=args.overwrite)
     c = model.config
     print(f"converted {args.source} -> {path} ({time.perf_counter() - start:.1f} s)")
@@ -57,9 +58,9 @@ def _convert(args: argparse.Namespace) -> int:
           f"grid {c.grid[0]}x{c.grid[1]}, {c.num_prefix_tokens} prefix token(s), "
           f"{c.num_classes} classes, pool {c.pool!r}")
     if not args.no_parity:
-        timm_model = converters.create_timm_model(c, converters.to_timm(model))
-        report = converters.parity_report(timm_model, vit_jax_va.load(path), num_images=2)
-        print(f"  parity vs timm on {report['num_images']} random images: "
+        # Against the source module itself, through the checkpoint just written.
+        report = converters.parity_report(source, vit_jax_va.load(path), num_images=2)
+        print(f"  parity vs the source timm model on {report['num_images']} random images: "
               f"logits max|diff| {report['logits_max_abs_diff']:.2e}, "
               f"attention max|diff| {report['attention_max_abs_diff']:.2e}")
         if args.json:
@@ -282,8 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--chunk-size", type=int, help="images per resumable chunk (default 64)")
     sweep.add_argument("--modes", nargs="+", metavar="MODE",
                        help="prune modes (default: all six: none head cls patch cross cls_cls)")
-    sweep.add_argument("--keep-attention", type=int,
-                       help="keep full attention of the first N images (default 4)")
+    sweep.add_argument("--keep-attention", type=_attention_images, metavar="N|I,J,...",
+                       help="keep the full attention of the first N images, or of the images "
+                            "at these comma-separated positions (default 4)")
     sweep.add_argument("--pattern-images", type=int,
                        help="images whose pattern items train the autoencoders (default 200)")
     sweep.add_argument("--projection", choices=("tsne", "umap", "pca"),
@@ -306,6 +308,17 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--no-progress", action="store_true", help="no progress bars")
     sweep.set_defaults(run=_sweep)
     return parser
+
+
+def _attention_images(text: str) -> int | tuple[int, ...]:
+    """`--keep-attention`: "8" (the first 8 images) or "0,17,42" (those positions)."""
+    try:
+        if "," in text:
+            return tuple(int(part) for part in text.split(",") if part.strip())
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a count or comma-separated image positions, got {text!r}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -103,7 +103,8 @@ class SweepOptions:
 
     modes: prune modes swept for every head (`vit_jax_va.PRUNE_MODES`).
     batch_size: images per jitted call. chunk_size: images per resumable unit of work.
-    keep_attention: the first this-many images keep their full attention `[L, H, T, T]`.
+    keep_attention: which images keep their full attention `[L, H, T, T]`: a count N (the
+      first N images) or a tuple of image positions in the run (0-based).
     pattern_images: images (seeded choice) whose per-head pattern items train the autoencoders.
     latent_dim, clusters, projection: the pattern space (`vit_jax_va.pattern_space`).
     curve_images: images used for the cumulative pruning curves.
@@ -114,7 +115,7 @@ class SweepOptions:
     modes: tuple[str, ...] = PRUNE_MODES
     batch_size: int = 16
     chunk_size: int = 64
-    keep_attention: int = 4
+    keep_attention: int | tuple[int, ...] = 4
     pattern_images: int = 200
     latent_dim: int = 8
     clusters: int = 8
@@ -133,6 +134,19 @@ class SweepOptions:
                      "curve_images"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        keep = self.keep_attention
+        if isinstance(keep, (list, tuple)):
+            if any(int(i) < 0 for i in keep):
+                raise ValueError(f"keep_attention positions must be >= 0, got {tuple(keep)}")
+            object.__setattr__(self, "keep_attention", tuple(sorted({int(i) for i in keep})))
+        elif keep < 0:
+            raise ValueError(f"keep_attention must be a count >= 0 or image positions, got {keep}")
+
+    def kept_attention(self, num_images: int) -> np.ndarray:
+        """Positions `[K]` of the images whose full attention the sweep keeps."""
+        if isinstance(self.keep_attention, tuple):
+            return np.asarray(self.keep_attention, np.int64)
+        return np.arange(min(self.keep_attention, num_images))
 
 
 def _versions() -> dict[str, str]:
@@ -155,6 +169,10 @@ class Sweep:
             raise ValueError("the sweep needs a model with a classifier (num_classes > 0)")
         if len(source) == 0:
             raise ValueError("the sweep got no images")
+        outside = [int(i) for i in options.kept_attention(len(source)) if i >= len(source)]
+        if outside:
+            raise ValueError(f"keep_attention names image positions {outside}, but the sweep has "
+                             f"{len(source)} images (0..{len(source) - 1})")
         self.model, self.source, self.options = model, source, options
         self.path = Path(out).absolute()
         self.log, self.progress = log, progress
@@ -250,6 +268,9 @@ class Sweep:
             _barrier("vit-va-sweep-done")
             return self.path
         store.remove_tree(self.path / "chunks")
+        for space in ("patch", "cls"):
+            for name in ("items", "item_image"):
+                self._raw(space, name).unlink(missing_ok=True)
         self.manifest["complete"] = True
         store.write_json(self.path / store.MANIFEST, self.manifest)
         self._summary()
@@ -327,6 +348,7 @@ class Sweep:
         c = self.config
         parts: dict[str, list[np.ndarray]] = {}
         batch = self.options.batch_size
+        kept = self.options.kept_attention(self.num_images)
         for s in range(0, len(images), batch):
             sub = images[s:s + batch]
             n = len(sub)
@@ -342,7 +364,7 @@ class Sweep:
                 if c.num_prefix_tokens:
                     values["cls_items"] = cls_maps(picked, c.grid, c.num_prefix_tokens)
                 values["item_image"] = index[chosen]
-            for i in np.flatnonzero(index < self.options.keep_attention):
+            for i in np.flatnonzero(np.isin(index, kept)):
                 store.write_arrays(self.path / "attention", **{str(index[i]): np.asarray(attention[i])})
             for key, value in values.items():
                 parts.setdefault(key, []).append(np.asarray(value))
@@ -369,31 +391,36 @@ class Sweep:
                         return True
             return False
 
-        importance = self.path / "importance"
-        for key in _ABLATION_FIELDS:
-            axis = 3 if key in _PER_HEAD else 0
-            store.concatenate_to_npy(importance, key, parts(key), axis=axis, total=n)
-        store.concatenate_to_npy(importance, "taylor", parts("taylor"), axis=2, total=n)
-        store.write_arrays(importance, modes=np.asarray(self.options.modes))
-        strength = self.path / "strength"
-        for key in ("profile", "entropy", "mean_distance", "cls_share", "confidence"):
-            store.concatenate_to_npy(strength, key, parts(key), axis=0, total=n)
-        images = self.path / "images"
-        store.concatenate_to_npy(images, "features", parts("features"), axis=0, total=n)
-        store.concatenate_to_npy(images, "thumbnails", parts("thumbnails"), axis=0, total=n)
-        logits = np.concatenate(list(parts("logits")))
-        probs = np.asarray(jax.nn.softmax(jnp.asarray(logits), axis=-1))
-        labels = (np.full(n, -1, np.int64) if self.source.labels is None
-                  else np.asarray(self.source.labels, np.int64))
-        store.write_arrays(images, ids=np.asarray([str(i) for i in self.source.ids]),
-                           labels=labels, prediction=probs.argmax(-1), probs=probs)
-        sample = len(self._pattern_sample())
-        for space, key in (("patch", "patch_items"), ("cls", "cls_items")):
-            if has(key):
-                target = self.path / "patterns" / space
-                store.concatenate_to_npy(target, "items", parts(key), axis=0, total=sample)
-                store.concatenate_to_npy(target, "item_image_raw", parts("item_image"), axis=0,
-                                         total=sample)
+        with self._bar(4, "collect", "group") as bar:
+            importance = self.path / "importance"
+            for key in _ABLATION_FIELDS:
+                axis = 3 if key in _PER_HEAD else 0
+                store.concatenate_to_npy(importance, key, parts(key), axis=axis, total=n)
+            store.concatenate_to_npy(importance, "taylor", parts("taylor"), axis=2, total=n)
+            store.write_arrays(importance, modes=np.asarray(self.options.modes))
+            bar.update(1)
+            strength = self.path / "strength"
+            for key in ("profile", "entropy", "mean_distance", "cls_share", "confidence"):
+                store.concatenate_to_npy(strength, key, parts(key), axis=0, total=n)
+            bar.update(1)
+            images = self.path / "images"
+            store.concatenate_to_npy(images, "features", parts("features"), axis=0, total=n)
+            store.concatenate_to_npy(images, "thumbnails", parts("thumbnails"), axis=0, total=n)
+            logits = np.concatenate(list(parts("logits")))
+            probs = np.asarray(jax.nn.softmax(jnp.asarray(logits), axis=-1))
+            labels = (np.full(n, -1, np.int64) if self.source.labels is None
+                      else np.asarray(self.source.labels, np.int64))
+            store.write_arrays(images, ids=np.asarray([str(i) for i in self.source.ids]),
+                               labels=labels, prediction=probs.argmax(-1), probs=probs)
+            bar.update(1)
+            sample = len(self._pattern_sample())
+            for space, key in (("patch", "patch_items"), ("cls", "cls_items")):
+                if has(key):
+                    target = self.path / "patterns" / space
+                    store.concatenate_to_npy(target, "raw_items", parts(key), axis=0, total=sample)
+                    store.concatenate_to_npy(target, "raw_item_image", parts("item_image"), axis=0,
+                                             total=sample)
+            bar.update(1)
         correct = probs.argmax(-1) == labels
         return {"accuracy": float(correct.mean()) if self.source.labels is not None else None}
 
@@ -432,12 +459,14 @@ class Sweep:
 
         c = self.config
         errors = {}
-        spaces = [s for s in ("patch", "cls") if (self.path / "patterns" / s / "items.npy").is_file()]
+        # The stage reads `raw_*` (written by `collect`) and never changes them, so a run killed
+        # anywhere in here redoes the stage from the same inputs; `run` deletes them at the end.
+        spaces = [s for s in ("patch", "cls") if (self._raw(s, "items")).is_file()]
         with self._bar(len(spaces), "patterns", "space") as bar:
             for space in spaces:
                 folder = self.path / "patterns" / space
-                raw = np.load(folder / "items.npy")  # [images, L, H, ...]
-                image = np.load(folder / "item_image_raw.npy")
+                raw = np.load(self._raw(space, "items"))  # [images, L, H, ...]
+                image = np.load(self._raw(space, "item_image"))  # [images]
                 items = raw.reshape(-1, *raw.shape[3:])
                 head = np.tile(np.arange(c.num_heads_total), len(raw))
                 item_image = np.repeat(image, c.num_heads_total)
@@ -452,18 +481,22 @@ class Sweep:
                 store.write_arrays(folder, items=items, item_image=item_image, item_head=head,
                                    errors=np.asarray([err.autoencoder, err.pca]),
                                    **dataclasses.asdict(result))
-                (folder / "item_image_raw.npy").unlink()
                 errors[space] = {"autoencoder_mse": err.autoencoder, "pca_mse": err.pca,
                                  "components": err.components, "epochs": len(log.train_loss)}
                 bar.update(1)
         return {"pattern_errors": errors}
 
+    def _raw(self, space: str, name: str) -> Path:
+        return self.path / "patterns" / space / f"raw_{name}.npy"
+
     # Stage 5: overview --------------------------------------------------------------------
 
     def _overview(self) -> dict:
         features = np.load(self.path / "images" / "features.npy")
-        store.write_arrays(self.path / "images",
-                           overview_xy=image_layout(features, seed=self.options.seed))
+        with self._bar(1, "overview", "layout") as bar:
+            store.write_arrays(self.path / "images",
+                               overview_xy=image_layout(features, seed=self.options.seed))
+            bar.update(1)
         return {}
 
     # Summary ------------------------------------------------------------------------------
