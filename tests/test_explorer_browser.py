@@ -125,7 +125,7 @@ def test_served_explorer_links_views(server):
             page = browser.new_page(viewport={"width": 1800, "height": 2050})
             page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
             page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(url)
+            page.goto(url, timeout=180_000)  # the first page builds every view
             for area in ("A · Image overview", "B · Head importance", "C · Attention strength",
                          "D · Attention patterns"):
                 page.get_by_text(area).first.wait_for(timeout=120_000)

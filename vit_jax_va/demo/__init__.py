@@ -1,4 +1,4 @@
-"""The shipped demo: a small ViT trained on Fashion-MNIST and 1,000 Fashion-MNIST test images.
+r"""The shipped demo: a small ViT trained on Fashion-MNIST and 1,000 Fashion-MNIST test images.
 
 Everything lives in this package folder, so the demo needs neither a download nor the Debian
 data package:
@@ -12,7 +12,19 @@ data package:
                                 test images of every class, in test-split order
     LICENSE-fashion-mnist.txt   the data set's MIT licence (c) 2017 Zalando SE, and attribution
 
-Made by `vit-va train-demo vit_jax_va/demo --overwrite` (see `vit_jax_va.train.train_demo`).
+Test accuracy 87.33% on the 10,000 test images (89.2% on the shipped 1,000). Made in three
+stages (see `vit_jax_va.train.train_demo`; `training.json` records each stage,
+the earlier ones nested under `initialised_from`):
+
+    vit-va train-demo vit_jax_va/demo --overwrite        # 7 epochs: 85.1% test, 108 min
+    cp -r vit_jax_va/demo/checkpoint /tmp/stage1
+    export XLA_FLAGS="--xla_force_host_platform_device_count=2 --xla_cpu_multi_thread_eigen=false \
+    intra_op_parallelism_threads=1"                      # two single-threaded devices: ~15% faster
+    vit-va train-demo vit_jax_va/demo --overwrite \
+        --init-from /tmp/stage1 --epochs 7 --lr 1e-3 --warmup-epochs 0.5   # 86.4%, 92 min
+    cp -r vit_jax_va/demo/checkpoint /tmp/stage2
+    vit-va train-demo vit_jax_va/demo --overwrite --init-from /tmp/stage2 \
+        --epochs 7 --full-token-epochs 1 --lr 5e-4 --warmup-epochs 0.2     # 87.3%, 99 min
 """
 
 from __future__ import annotations
