@@ -269,26 +269,34 @@ def from_timm(source: Any, model_name: str | None = None, *, config: ViTConfig |
         state_dict = _numpy_state_dict(source)
         origin = "the state dict"
     elif isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        if not path.exists():
-            if path.suffix in TORCH_SUFFIXES + SAFETENSORS_SUFFIXES or os.sep in str(source):
-                raise FileNotFoundError(f"no checkpoint file at {path}")
-            return _from_hub(str(source), model_kwargs)
+        path = _local_file(source)
+        if path is None:
+            return from_timm(_hub_module(str(source), model_kwargs))
         state_dict = read_state_dict(path)
         origin = str(path)
     else:
         raise TypeError(f"cannot convert a {type(source).__name__}: pass a timm module, "
                         "a state dict, a checkpoint path or a timm model name")
     if config is None:
-        if model_name is None:
-            raise ValueError(f"converting {origin} needs model_name= (its timm architecture, e.g. "
-                             "'vit_base_patch16_224') or config=")
+        _require_architecture(origin, model_name, "or config=")
         config = config_from_timm(_create_architecture(model_name, state_dict, model_kwargs))
     return _from_state_dict(state_dict, config, origin)
 
 
-def _from_hub(name: str, model_kwargs: dict[str, Any]) -> ViT:
-    return from_timm(_hub_module(name, model_kwargs))
+def _local_file(source: str | os.PathLike) -> Path | None:
+    """The checkpoint file `source` names, or None when it is a timm model name."""
+    path = Path(source)
+    if path.exists():
+        return path
+    if path.suffix in TORCH_SUFFIXES + SAFETENSORS_SUFFIXES or os.sep in str(source):
+        raise FileNotFoundError(f"no checkpoint file at {path}")
+    return None
+
+
+def _require_architecture(origin: str, model_name: str | None, alternative: str = "") -> None:
+    if model_name is None:
+        raise ValueError(f"converting {origin} needs model_name= (its timm architecture, e.g. "
+                         f"'vit_base_patch16_224'){' ' + alternative if alternative else ''}")
 
 
 def _hub_module(name: str, model_kwargs: dict[str, Any]) -> Any:
@@ -322,14 +330,10 @@ def source_module(source: Any, model_name: str | None = None, **model_kwargs: An
 
     if isinstance(source, nn.Module):
         return source.eval()
-    path = Path(source)
-    if not path.exists():
-        if path.suffix in TORCH_SUFFIXES + SAFETENSORS_SUFFIXES or os.sep in str(source):
-            raise FileNotFoundError(f"no checkpoint file at {path}")
+    path = _local_file(source)
+    if path is None:
         return _hub_module(str(source), model_kwargs)
-    if model_name is None:
-        raise ValueError(f"converting {path} needs model_name= (its timm architecture, e.g. "
-                         "'vit_base_patch16_224')")
+    _require_architecture(str(path), model_name)
     state_dict = read_state_dict(path)
     module = _create_architecture(model_name, state_dict, model_kwargs)
     try:

@@ -5,6 +5,8 @@ every shipped file is declared as package data. Needs no network and no Debian d
 from __future__ import annotations
 
 import glob
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -130,9 +132,6 @@ def test_licence_and_attribution():
 
 
 def test_sweep_without_model_data_or_out_runs_the_demo_into_runs_demo(tmp_path, model, images):
-    import subprocess
-    import sys
-
     result = subprocess.run([sys.executable, "-m", "vit_jax_va.cli", "sweep", "--images", "6",
                              "--no-progress"], cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

@@ -32,6 +32,7 @@ from flax import nnx
 
 from vit_jax_va import store
 from vit_jax_va.checkpoint import weights_hash
+from vit_jax_va.devices import local_data_mesh
 from vit_jax_va.masks import PRUNE_MODES
 from vit_jax_va.model import ViT
 
@@ -315,7 +316,7 @@ class Sweep:
         folder = self.path / "chunks"
         sampled = self._pattern_sample()
         labels_all = self.source.labels
-        mesh = _data_mesh()
+        mesh = local_data_mesh()
         forward = _forward_fn(self.model)
         process, processes = jax.process_index(), jax.process_count()
         mine = [(i, s, e) for i, (s, e) in enumerate(chunks) if i % processes == process]
@@ -568,14 +569,6 @@ def _heldout_items(num_images: int, heads: int, seed: int, fraction: float = 0.1
     held = np.zeros(num_images, bool)
     held[rng.choice(num_images, max(1, round(fraction * num_images)), replace=False)] = True
     return np.repeat(held, heads)
-
-
-def _data_mesh():
-    """A mesh over this process's devices (other processes sweep other chunks)."""
-    devices = jax.local_devices()
-    if len(devices) < 2:
-        return None
-    return jax.sharding.Mesh(np.asarray(devices), ("data",))
 
 
 def _barrier(name: str) -> None:

@@ -35,6 +35,7 @@ import optax
 from flax import nnx
 
 from vit_jax_va.config import ViTConfig
+from vit_jax_va.devices import local_data_mesh
 from vit_jax_va.model import ViT
 
 
@@ -232,9 +233,8 @@ def train_vit(config: ViTConfig, settings: TrainSettings, images: np.ndarray,
         return optax.apply_updates(params, updates), opt_state, loss, correct
 
     # Data parallel over this process's devices: the batch is split, the weights replicated.
-    devices = jax.local_devices()
-    if len(devices) > 1 and settings.batch_size % len(devices) == 0:
-        mesh = jax.sharding.Mesh(np.asarray(devices), ("data",))
+    mesh = local_data_mesh()
+    if mesh is not None and settings.batch_size % mesh.size == 0:
         split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
         replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
         params, opt_state = jax.device_put((params, opt_state), replicated)
