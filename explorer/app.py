@@ -33,6 +33,7 @@ from holoviews import streams
 
 from explorer import views
 from explorer.data import METRICS, MODE_LABELS, SCOPES, RunData, load_run
+from explorer.marks import QUADS, RINGS, SEGMENTS, MarksLayer
 from explorer.state import ExplorerState
 from vit_jax_va import store
 from vit_jax_va.masks import PRUNE_MODES
@@ -155,6 +156,7 @@ def dynamic(fn, data: RunData, state: ExplorerState, params: list[str],
 
 
 SELECTION = ["head", "heads"]
+DETAIL = ["image", "head", "source_token", "threshold"]
 IMPORTANCE = ["metric", "scope", "scope_class", "image", *SELECTION]
 
 
@@ -165,56 +167,68 @@ class ExplorerViews:
         self.data, self.state = data, state
         d, s = data, state
         self.streams: dict[str, streams.Stream] = {}
+        # The selection marks of the views that show every head (or image) and ring the selected
+        # ones: drawn into Bokeh directly, so a selection does not re-render those views.
+        self.marks = {
+            "A": MarksLayer(views.image_marker, d, s, ["image"]),
+            "B1": MarksLayer(views.head_importance_marks, d, s, IMPORTANCE),
+            "B1 heat map": MarksLayer(views.head_importance_boxes, d, s, SELECTION, glyph=QUADS),
+            "C1": MarksLayer(views.entropy_highlight, d, s, ["scope", "scope_class", "image", *SELECTION]),
+            "C3": MarksLayer(views.entropy_of_image, d, s, ["image", "head"], glyph=SEGMENTS),
+            "distance": MarksLayer(views.distance_marks, d, s, SELECTION),
+            "D1": MarksLayer(views.pattern_highlight, d, s, ["space", *SELECTION], glyph=RINGS),
+            "B2": MarksLayer(views.partial_pruning_glyphs, d, s, [*IMPORTANCE, "mode"], glyph=QUADS),
+            "D2": MarksLayer(views.image_attention_outlines, d, s, DETAIL, glyph=QUADS),
+            "D3": MarksLayer(views.attention_links, d, s, DETAIL, glyph=SEGMENTS),
+            "D4": MarksLayer(views.attention_matrix_row, d, s, ["source_token"], glyph=QUADS),
+            "D5": MarksLayer(views.attention_threshold, d, s, ["image", "head", "threshold"], glyph=SEGMENTS),
+        }
+        hooks = {name: [layer.hook] for name, layer in self.marks.items()}
 
         # A
-        points = views.image_points(d)
-        self.image_overview = points * dynamic(views.image_marker, d, s, ["image"], framewise=False)
+        points = views.image_points(d).opts(hooks=hooks["A"])
+        self.image_overview = points
         self._on("A", streams.Selection1D(source=points), self._image_selected)
 
         # B
-        # The values and the selection marks are separate layers, so that selecting a head
-        # re-renders the marks only.
         values = ["metric", "scope", "scope_class", "image"]
-        self.b1_line = (dynamic(views.head_importance_values, d, s, values,
-                                self._on("B1", streams.Tap(), self._b1_tap))
-                        * dynamic(views.head_importance_marks, d, s, IMPORTANCE)).opts(
-            xticks=[(l * d.num_heads, f"L{l}") for l in range(d.depth)], **views.B1_LINE_OPTIONS)
-        self.b1_heatmap = (dynamic(views.head_importance_cells, d, s, values,
-                                   self._on("B1 heat map", streams.Tap(), self._heatmap_tap))
-                           * dynamic(views.head_importance_boxes, d, s, IMPORTANCE)).opts(
-            **views.heatmap_options(d))
-        self.b2 = dynamic(views.partial_pruning_bars, d, s, [*IMPORTANCE, "mode"],
-                          self._on("B2", streams.Tap(), self._b2_tap))
+        self.b1_line = dynamic(views.head_importance_values, d, s, values,
+                               self._on("B1", streams.Tap(), self._b1_tap)).opts(
+            hv.opts.Overlay(hooks=hooks["B1"], **views.b1_line_options(d)))
+        self.b1_heatmap = dynamic(views.head_importance_cells, d, s, values,
+                                  self._on("B1 heat map", streams.Tap(), self._heatmap_tap)).opts(
+            hooks=hooks["B1 heat map"], **views.heatmap_options(d))
+        self.b2 = dynamic(views.partial_pruning_bars, d, s, IMPORTANCE,
+                          self._on("B2", streams.Tap(), self._b2_tap)).opts(hooks=hooks["B2"])
         self.b3 = pn.pane.Markdown(pn.bind(lambda *_: views.top5_markdown(d, s), s.param.image,
                                            s.param.head, s.param.mode), width=330)
         self.curve = views.pruning_curve(d)
 
         # C
         c1_dots = dynamic(views.entropy_points, d, s, ["scope", "scope_class", "image"])
-        self.c1 = (c1_dots * dynamic(views.entropy_highlight, d, s,
-                                     ["scope", "scope_class", "image", *SELECTION])).opts(
+        self.c1 = (c1_dots * views.entropy_ceiling(d)).opts(hv.opts.Overlay(
             width=340, height=280, xlabel="layer", ylabel="entropy (nats)", toolbar="above",
-            xticks=list(range(d.depth)) if d.depth <= 24 else 12)
+            xticks=list(range(d.depth)) if d.depth <= 24 else 12, hooks=hooks["C1"]))
         self._on("C1", streams.Selection1D(source=c1_dots), self._heads_selected)
         self.c2 = dynamic(views.hop_profile_view, d, s, ["image", *SELECTION])
-        self.c3 = dynamic(views.entropy_distribution, d, s, ["image", *SELECTION])
-        self.trend = dynamic(views.distance_trend, d, s, SELECTION)
+        self.c3 = dynamic(views.entropy_distribution, d, s, SELECTION).opts(hv.opts.Overlay(hooks=hooks["C3"]))
+        self.trend = views.distance_trend(d).opts(hv.opts.Overlay(hooks=hooks["distance"]))
 
         # D
         density = dynamic(views.pattern_density, d, s, ["space"])
         d1_heads = dynamic(views.pattern_heads, d, s, ["space"])
-        self.d1 = (density * d1_heads * dynamic(views.pattern_highlight, d, s, ["space", *SELECTION])).opts(
-            width=450, height=420, xaxis=None, yaxis=None, toolbar="above")
+        self.d1 = (density * d1_heads).opts(hv.opts.Overlay(
+            width=450, height=420, xaxis=None, yaxis=None, toolbar="above", hooks=hooks["D1"]))
         self._on("D1", streams.Selection1D(source=d1_heads), self._heads_selected)
         self.prototypes = dynamic(views.prototype_strip, d, s, ["space"],
                                   self._on("D1 prototypes", streams.Tap(), self._prototype_tap))
-        detail = ["image", "head", "source_token", "threshold"]
-        self.d2 = dynamic(views.image_attention, d, s, detail, self._on("D2", streams.Tap(), self._d2_tap))
-        self.d3 = dynamic(views.attention_links, d, s, detail)
-        self.d4 = dynamic(views.attention_matrix, d, s, ["image", "head", "source_token"],
-                          self._on("D4", streams.Tap(), self._d4_tap))
-        self.d5 = dynamic(views.attention_histogram, d, s, ["image", "head", "threshold"],
-                          self._on("D5", streams.Tap(), self._d5_tap))
+        self.d2 = dynamic(views.image_attention, d, s, ["image", "head", "source_token"],
+                          self._on("D2", streams.Tap(), self._d2_tap)).opts(hv.opts.Overlay(hooks=hooks["D2"]))
+        self.d3 = views.attention_links_frame(d).opts(hooks=hooks["D3"])
+        self.d4 = dynamic(views.attention_matrix, d, s, ["image", "head"],
+                          self._on("D4", streams.Tap(), self._d4_tap)).opts(hooks=hooks["D4"])
+        self.d5 = dynamic(views.attention_histogram, d, s, ["image", "head"],
+                          self._on("D5", streams.Tap(), self._d5_tap)).opts(hooks=hooks["D5"])
 
     def _on(self, name: str, stream, callback):
         stream.add_subscriber(callback)

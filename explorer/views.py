@@ -21,6 +21,7 @@ import numpy as np
 from bokeh.models import HoverTool
 
 from explorer.data import MODE_LABELS, RunData
+from explorer.marks import Marks
 from explorer.state import ExplorerState
 from vit_jax_va.masks import PRUNE_MODES, prune_region
 from vit_jax_va.strength import layer_trend
@@ -106,12 +107,10 @@ def image_points(data: RunData) -> hv.Points:
         xaxis=None, yaxis=None, width=470, height=420, active_tools=["wheel_zoom"])
 
 
-def image_marker(data: RunData, state: ExplorerState) -> hv.Points:
-    """A: a ring around the selected image; the title names it."""
+def image_marker(data: RunData, state: ExplorerState) -> Marks:
+    """A: a ring around the selected image (`marks.RINGS`); the title names it."""
     i = state.image
-    return hv.Points(([data.overview_xy[i, 0]], [data.overview_xy[i, 1]])).opts(
-        marker="circle", size=18, fill_alpha=0, line_color=HIGHLIGHT, line_width=3,
-        title=f"A · {data.image_name(i)}")
+    return _rings(data.overview_xy[[i], 0], data.overview_xy[[i], 1], f"A · {data.image_name(i)}", big=18)
 
 
 # B: importance -----------------------------------------------------------------------------
@@ -139,11 +138,12 @@ def head_importance_values(data: RunData, state: ExplorerState) -> hv.Overlay:
     return base * line * dots
 
 
-def head_importance_marks(data: RunData, state: ExplorerState) -> hv.Scatter:
-    """B1: rings on the selected heads (the primary one red, larger); the title names it."""
+def head_importance_marks(data: RunData, state: ExplorerState) -> Marks:
+    """B1: rings on the selected heads (`marks.RINGS`: the primary one red, larger); the title
+    names the metric, scope and primary head."""
     values = data.head_values(state.metric, state.scope, state.image, state.scope_class).values.reshape(-1)
     heads = [state.head, *_extra_heads(state, None)]
-    return _rings(hv.Scatter, heads, values[heads], "head_index", "value",
+    return _rings(heads, values[heads],
                   f"B1 · {_metric_title(data, state)} · selected {data.head_name(state.head)}", big=14)
 
 
@@ -151,12 +151,8 @@ B1_LINE_OPTIONS = dict(width=620, height=230, show_grid=True, xlabel="head (laye
                        toolbar="above", show_legend=False)
 
 
-def head_importance_line(data: RunData, state: ExplorerState) -> hv.Overlay:
-    """B1 as one overlay (values, then marks); the app composes the two parts separately so
-    that a head selection re-renders the marks only."""
-    ticks = [(l * data.num_heads, f"L{l}") for l in range(data.depth)]
-    return (head_importance_values(data, state) * head_importance_marks(data, state)).opts(
-        hv.opts.Overlay(xticks=ticks, ylabel=state.metric, **B1_LINE_OPTIONS))
+def b1_line_options(data: RunData) -> dict:
+    return dict(xticks=[(l * data.num_heads, f"L{l}") for l in range(data.depth)], **B1_LINE_OPTIONS)
 
 
 def head_importance_cells(data: RunData, state: ExplorerState) -> hv.Image:
@@ -171,15 +167,14 @@ def head_importance_cells(data: RunData, state: ExplorerState) -> hv.Image:
         colorbar=True, tools=["hover", "tap"])
 
 
-def head_importance_boxes(data: RunData, state: ExplorerState) -> hv.Rectangles:
-    """The heat map's outlines of the selected heads (primary red); the title names it."""
+def head_importance_boxes(data: RunData, state: ExplorerState) -> Marks:
+    """The heat map's outlines of the selected heads (`marks.QUADS`, primary red); the title
+    names the primary head."""
     heads = [state.head, *_extra_heads(state, None)]
     layer, head = np.divmod(np.asarray(heads), data.num_heads)
-    return hv.Rectangles({"x0": head - 0.5, "y0": layer - 0.5, "x1": head + 0.5, "y1": layer + 0.5,
-                          "ring": [HIGHLIGHT] + [SECONDARY] * (len(heads) - 1)},
-                         vdims=["ring"]).opts(
-        fill_alpha=0, line_color="ring", line_width=3,
-        title=f"B1 · layers x heads · L{state.layer}H{state.head_in_layer}")
+    return _quads(head - 0.5, layer - 0.5, head + 0.5, layer + 0.5,
+                  f"B1 · layers x heads · L{state.layer}H{state.head_in_layer}",
+                  ring=[HIGHLIGHT] + [SECONDARY] * (len(heads) - 1))
 
 
 def heatmap_options(data: RunData) -> dict:
@@ -188,41 +183,9 @@ def heatmap_options(data: RunData) -> dict:
                 yticks=list(range(L)) if L <= 16 else 8, toolbar=None)
 
 
-def head_importance_heatmap(data: RunData, state: ExplorerState) -> hv.Overlay:
-    """B1 heat map with the selected heads outlined, as one overlay."""
-    return (head_importance_cells(data, state) * head_importance_boxes(data, state)).opts(
-        hv.opts.Overlay(**heatmap_options(data)))
-
-
-def mode_glyphs(data: RunData, y0: float, y1: float, selected: str) -> tuple[hv.Rectangles, hv.Rectangles]:
-    """B2 glyphs: for each prune mode at x = 0..5 a 2 x 2 block icon (top row / left column:
-    CLS; the rest: patches) with the zeroed blocks filled, as in paper-partial-pruning-modes.png.
-    The blocks come from `vit_jax_va.masks.prune_region` on a one-CLS, one-patch matrix."""
-    rows, frame = [], []
-    height = y1 - y0
-    f = 0.3  # the CLS band's share of the icon
-    for m, mode in enumerate(PRUNE_MODES):
-        region = prune_region(mode, 2, 1)  # [query, key]: 0 is CLS, 1 the patches
-        x0, x1 = m - 0.3, m + 0.3
-        xs = [(x0, x0 + f * (x1 - x0)), (x0 + f * (x1 - x0), x1)]         # key: CLS, patches
-        ys = [(y1 - f * height, y1), (y0, y1 - f * height)]                 # query: CLS, patches
-        for q in range(2):
-            for k in range(2):
-                rows.append((xs[k][0], ys[q][0], xs[k][1], ys[q][1],
-                             "#6e6e6e" if region[q, k] else "#ffffff", MODE_LABELS[mode]))
-        if mode == selected:
-            pad_x, pad_y = 0.12, 0.18 * height
-            frame.append((x0 - pad_x, y0 - pad_y, x1 + pad_x, y1 + pad_y))
-    blocks = hv.Rectangles(rows, vdims=["fill", "mode"]).opts(
-        fill_color="fill", line_color="black", line_width=1, tools=["hover"])
-    ring = hv.Rectangles(frame).opts(fill_alpha=0, line_color=HIGHLIGHT, line_width=2,
-                                     line_dash="dashed")
-    return blocks, ring
-
-
-def partial_pruning_bars(data: RunData, state: ExplorerState) -> hv.Overlay:
-    """B2: the metric under each of the six prune modes for the selected heads (primary first),
-    with the mode glyphs under the bars; click a bar or glyph to choose the mode of B3."""
+def _b2_layout(data: RunData, state: ExplorerState):
+    """B2's numbers and vertical layout: (heads, metric, table `[modes, heads]`, bottom and top
+    of the bars' axis, span, the glyphs' band `(y0, y1)`)."""
     heads = [state.head, *_extra_heads(state)]
     values = data.mode_values(state.metric, state.scope, state.image, heads, state.scope_class)
     metric = state.metric if state.metric in ("probability", "correct", "loss", "kl") else "probability"
@@ -232,6 +195,15 @@ def partial_pruning_bars(data: RunData, state: ExplorerState) -> hv.Overlay:
               float(finite.max()) if finite.size else 1.0)
     bottom = min(0.0, float(finite.min()) if finite.size else 0.0)
     span = top - bottom or 1.0
+    glyph_top = bottom - 0.1 * span
+    return heads, metric, table, bottom, top, span, (glyph_top - 0.3 * span, glyph_top)
+
+
+def partial_pruning_bars(data: RunData, state: ExplorerState) -> hv.Rectangles:
+    """B2: the metric under each of the six prune modes for the selected heads (primary first);
+    `partial_pruning_glyphs` draws the mode glyphs under the bars. Click a bar or glyph to choose
+    the mode of B3."""
+    heads, metric, table, bottom, top, span, (glyph_y0, _) = _b2_layout(data, state)
     width = 0.7 / len(heads)
     bars = []
     for m in range(len(PRUNE_MODES)):
@@ -242,17 +214,40 @@ def partial_pruning_bars(data: RunData, state: ExplorerState) -> hv.Overlay:
                          max(0.0, v) if np.isfinite(v) else 0.0, _head_label(data, h),
                          MODE_LABELS[PRUNE_MODES[m]], float(v)))
     colours = [BAR] + [SECONDARY] * (len(heads) - 1)
-    rect = hv.Rectangles(bars, vdims=["head", "mode", metric]).opts(
-        color="head", cmap={_head_label(data, h): colours[j] for j, h in enumerate(heads)},
-        line_color="white", tools=["hover", "tap"], nonselection_alpha=1.0)
-    glyph_top = bottom - 0.1 * span
-    glyphs, ring = mode_glyphs(data, glyph_top - 0.3 * span, glyph_top, state.mode)
     ticks = [(round(v, 3), f"{v:.2g}") for v in np.linspace(bottom, top, 5)]
     names = ", ".join(_head_label(data, h) for h in heads)
-    return (rect * glyphs * ring).opts(hv.opts.Overlay(
+    return hv.Rectangles(bars, vdims=["head", "mode", metric]).opts(
+        color="head", cmap={_head_label(data, h): colours[j] for j, h in enumerate(heads)},
+        line_color="white", tools=["hover", "tap"], nonselection_alpha=1.0,
         title=f"B2 · {metric} per prune mode · {names}", width=320, height=260,
-        ylim=(glyph_top - 0.5 * span, top + 0.05 * span), yticks=ticks, xaxis=None,
-        ylabel=metric, toolbar=None, show_legend=False))
+        xlim=(-0.6, len(PRUNE_MODES) - 0.4), ylim=(glyph_y0 - 0.2 * span, top + 0.05 * span),
+        yticks=ticks, xaxis=None, ylabel=metric, toolbar=None, show_legend=False)
+
+
+def partial_pruning_glyphs(data: RunData, state: ExplorerState) -> Marks:
+    """B2 glyphs under the bars (`marks.QUADS`): for each prune mode at x = 0..5 a 2 x 2 block
+    icon (top row / left column: CLS; the rest: patches) with the zeroed blocks filled, as in
+    paper-partial-pruning-modes.png, and last a red frame around the mode B3 shows. The blocks
+    come from `vit_jax_va.masks.prune_region` on a one-CLS, one-patch matrix."""
+    *_, (y0, y1) = _b2_layout(data, state)
+    height = y1 - y0
+    f = 0.3  # the CLS band's share of the icon
+    boxes = []  # x0, y0, x1, y1, fill, alpha, ring, width
+    for m, mode in enumerate(PRUNE_MODES):
+        region = prune_region(mode, 2, 1)  # [query, key]: 0 is CLS, 1 the patches
+        x0, x1 = m - 0.3, m + 0.3
+        xs = [(x0, x0 + f * (x1 - x0)), (x0 + f * (x1 - x0), x1)]         # key: CLS, patches
+        ys = [(y1 - f * height, y1), (y0, y1 - f * height)]                 # query: CLS, patches
+        for q in range(2):
+            for k in range(2):
+                boxes.append((xs[k][0], ys[q][0], xs[k][1], ys[q][1],
+                              "#6e6e6e" if region[q, k] else "#ffffff", 1.0, "black", 1.0))
+        if mode == state.mode:
+            pad_x, pad_y = 0.12, 0.18 * height
+            frame = (x0 - pad_x, y0 - pad_y, x1 + pad_x, y1 + pad_y, "#ffffff", 0.0, HIGHLIGHT, 2.0)
+    boxes.append(frame)
+    x0, y0, x1, y1, fill, alpha, ring, width = (list(c) for c in zip(*boxes))
+    return _quads(x0, y0, x1, y1, fill=fill, alpha=alpha, ring=ring, width=width)
 
 
 def top5_markdown(data: RunData, state: ExplorerState) -> str:
@@ -311,28 +306,39 @@ def entropy_points(data: RunData, state: ExplorerState) -> hv.Scatter:
         selection_alpha=1.0, line_color=None, active_tools=["tap", "box_select"])
 
 
-def _rings(element, x: np.ndarray, y: np.ndarray, kdim: str, vdim: str, title: str, big: int = 16):
-    """Rings on selected heads, given primary first: red and larger for the primary one. One
-    glyph layer, so a selection change re-renders a single renderer."""
+def _quads(x0, y0, x1, y1, title: str | None = None, *, fill="#ffffff", alpha=0.0, ring=HIGHLIGHT,
+           width=3.0) -> Marks:
+    """Boxes (`marks.QUADS`); the styles are one value for all or one per box."""
+    x0 = np.asarray(x0, np.float64)
+    n = len(x0)
+    column = lambda v, dtype=None: np.asarray(v if np.ndim(v) else [v] * n, dtype)  # noqa: E731
+    return Marks({"x0": x0, "y0": column(y0, np.float64), "x1": column(x1, np.float64),
+                  "y1": column(y1, np.float64), "fill": column(fill, object), "alpha": column(alpha, np.float64),
+                  "ring": column(ring, object), "width": column(width, np.float64)}, title)
+
+
+def _rings(x, y, title: str | None, big: int = 16) -> Marks:
+    """Rings (`marks.RINGS`) on selected items, given primary first: red and larger for the
+    primary one."""
     primary = np.arange(len(x)) == 0
-    return element({kdim: np.asarray(x, np.float64), vdim: np.asarray(y, np.float64),
-                    "ring": np.where(primary, HIGHLIGHT, SECONDARY),
-                    "size": np.where(primary, big, big - 3)}, [kdim] if element is hv.Scatter else [kdim, vdim],
-                   (["ring", "size"] if element is not hv.Scatter else [vdim, "ring", "size"])).opts(
-        marker="circle", size="size", fill_alpha=0, line_color="ring", line_width=3, title=title)
+    return Marks({"x": np.asarray(x, np.float64), "y": np.asarray(y, np.float64),
+                  "ring": np.where(primary, HIGHLIGHT, SECONDARY).astype(object),
+                  "size": np.where(primary, big, big - 3)}, title)
 
 
-def entropy_highlight(data: RunData, state: ExplorerState) -> hv.Overlay:
-    """C1: the ceiling ln(rings) and rings on the selected heads (element-level title: this is
-    composed with the dots in `explorer.app`)."""
+def entropy_ceiling(data: RunData) -> hv.HLine:
+    """C1: the largest possible entropy, ln(rings) (a flat profile)."""
+    top = math.log(data.strength["profile"].shape[-1])
+    return hv.HLine(top).opts(color="grey", line_dash="dotted", line_width=1)
+
+
+def entropy_highlight(data: RunData, state: ExplorerState) -> Marks:
+    """C1: rings on the selected heads; the title names the primary head and the scope."""
     entropy = data.entropy_per_head(state.scope, state.image, state.scope_class).reshape(-1)
     heads = [state.head, *_extra_heads(state, None)]
-    top = math.log(data.strength["profile"].shape[-1])
-    ceiling = hv.HLine(top).opts(color="grey", line_dash="dotted", line_width=1)
-    rings = _rings(hv.Scatter, np.asarray(heads) // data.num_heads, entropy[heads], "layer", "entropy",
-                   f"C1 · head entropy · {data.head_name(state.head)} · "
-                   f"{data.scope_label(state.scope, state.image, state.scope_class)}")
-    return ceiling * rings
+    return _rings(np.asarray(heads) // data.num_heads, entropy[heads],
+                  f"C1 · head entropy · {data.head_name(state.head)} · "
+                  f"{data.scope_label(state.scope, state.image, state.scope_class)}")
 
 
 def hop_profile_view(data: RunData, state: ExplorerState) -> hv.Overlay:
@@ -354,8 +360,8 @@ def hop_profile_view(data: RunData, state: ExplorerState) -> hv.Overlay:
 
 
 def entropy_distribution(data: RunData, state: ExplorerState) -> hv.Overlay:
-    """C3: the distribution of the primary head's entropy over all images (area), the other
-    selected heads as lines, and the selected image marked."""
+    """C3: the distribution of the primary head's entropy over all images (area) and the other
+    selected heads as lines; `entropy_of_image` marks the selected image."""
     heads = [state.head, *_extra_heads(state)]
     values = data.entropy_over_images(heads)  # [heads, N]
     lo, hi = float(np.nanmin(values)), float(np.nanmax(values))
@@ -367,15 +373,23 @@ def entropy_distribution(data: RunData, state: ExplorerState) -> hv.Overlay:
     area = hv.Area((centres, counts[0]), "entropy", "count").opts(color=BAR, alpha=0.7, line_color=BAR)
     paths = hv.Path([{"entropy": centres, "count": c} for c in counts[1:]], ["entropy", "count"]).opts(
         color=SECONDARY, line_width=2)
-    mark = hv.VLine(float(values[0, state.image])).opts(color=HIGHLIGHT, line_width=2)
-    return (area * paths * mark).opts(hv.opts.Overlay(
+    return (area * paths).opts(hv.opts.Overlay(
         title=f"C3 · entropy of {data.head_name(state.head)}, {data.num_images} images",
         width=320, height=280, toolbar=None, xticks=4, xformatter="%.3g"))
 
 
-def distance_trend(data: RunData, state: ExplorerState) -> hv.Overlay:
+def entropy_of_image(data: RunData, state: ExplorerState) -> Marks:
+    """C3: the selected image's entropy under the primary head, a vertical line
+    (`marks.SEGMENTS`, as high as any count can be)."""
+    x = float(data.entropy_over_images([state.head])[0, state.image])
+    return Marks({"x0": [x], "y0": [0.0], "x1": [x], "y1": [float(data.num_images)],
+                  "colour": np.asarray([HIGHLIGHT], dtype=object), "alpha": [1.0], "width": [2.0]})
+
+
+def distance_trend(data: RunData) -> hv.Overlay:
     """Mean attention distance (pixels) per head, averaged over all images, and its layer
-    trend (`vit_jax_va.layer_trend`: mean and +-1 std over the heads of a layer)."""
+    trend (`vit_jax_va.layer_trend`: mean and +-1 std over the heads of a layer). Static per
+    run; `distance_marks` rings the selected heads."""
     stat = data.strength["mean_distance"]
     trend = layer_trend(stat)
     per_head = data.statistic_per_head("mean_distance").reshape(-1)
@@ -385,12 +399,16 @@ def distance_trend(data: RunData, state: ExplorerState) -> hv.Overlay:
     line = hv.Curve((layers, trend.mean), "layer", "distance").opts(color="grey", line_width=2)
     dots = hv.Scatter((np.arange(len(per_head)) // data.num_heads, per_head), "layer", "distance").opts(
         color="grey", size=4, alpha=0.6)
-    heads = [state.head, *_extra_heads(state, None)]
-    chosen = hv.Scatter(([h // data.num_heads for h in heads], per_head[heads]), "layer", "distance").opts(
-        marker="circle", size=12, fill_alpha=0, line_color=HIGHLIGHT, line_width=2)
-    return (spread * line * dots * chosen).opts(hv.opts.Overlay(
+    return (spread * line * dots).opts(hv.opts.Overlay(
         title="Mean attention distance per layer", width=320, height=280,
         ylabel="mean distance (px)", toolbar=None))
+
+
+def distance_marks(data: RunData, state: ExplorerState) -> Marks:
+    """The distance trend: rings on the selected heads' mean distance."""
+    per_head = data.statistic_per_head("mean_distance").reshape(-1)
+    heads = [state.head, *_extra_heads(state, None)]
+    return _rings(np.asarray(heads) // data.num_heads, per_head[heads], None, big=12)
 
 
 # D: patterns -------------------------------------------------------------------------------
@@ -415,11 +433,12 @@ def pattern_heads(data: RunData, state: ExplorerState) -> hv.Points:
         nonselection_alpha=1.0, selection_alpha=1.0, active_tools=["tap", "box_select"])
 
 
-def pattern_highlight(data: RunData, state: ExplorerState) -> hv.Points:
-    """D1: rings on the selected heads' dots; the title names the primary head."""
+def pattern_highlight(data: RunData, state: ExplorerState) -> Marks:
+    """D1: rings on the selected heads' dots; the title names the pattern space and the
+    primary head."""
     xy = data.patterns[state.space]["head_xy"]
     heads = [state.head, *_extra_heads(state, None)]
-    return _rings(hv.Points, xy[heads, 0], xy[heads, 1], "x", "y",
+    return _rings(xy[heads, 0], xy[heads, 1],
                   f"D1 · {state.space} pattern map · {data.head_name(state.head)}", big=19)
 
 
@@ -463,44 +482,64 @@ def _token_of_patch(data: RunData, row: int, col: int) -> int:
 
 def image_attention(data: RunData, state: ExplorerState) -> hv.Overlay:
     """D2: the selected image with the selected source token's attention over the patches
-    (orange for a patch source, blue for CLS), the source patch outlined in black and the target
-    patches at or above the threshold outlined in blue. Click a patch to make it the source."""
+    (orange for a patch source, blue for CLS). `image_attention_outlines` marks the source and
+    target patches. Click a patch to make it the source."""
     rows, cols = data.grid
     thumb = np.asarray(data.thumbnails[state.image])
     rgb = np.repeat(thumb, 3, axis=-1) if thumb.shape[-1] == 1 else thumb[..., :3]
     picture = hv.RGB(rgb, bounds=(0, 0, cols, rows), kdims=["col", "row"])
-    matrix, source = _head_attention(data, state)
-    token = state.source_token
-    if matrix is None:
-        weights = np.full((rows, cols), np.nan)
-    else:
-        weights = matrix[token, data.num_prefix:].reshape(rows, cols)
-    is_cls = token < data.num_prefix
+    weights, _ = _source_weights(data, state)
+    is_cls = state.source_token < data.num_prefix
     overlay = hv.Image(weights, bounds=(0, 0, cols, rows), kdims=["col", "row"], vdims=["attention"]).opts(
         cmap="Blues" if is_cls else "Oranges", alpha=0.65, clipping_colors={"NaN": (0, 0, 0, 0)},
         tools=["hover", "tap"], colorbar=True)
-    targets = ([] if matrix is None else
-               [divmod(int(p), cols) for p in np.flatnonzero(weights.reshape(-1) >= state.threshold)])
-    cells = targets + ([] if is_cls else [divmod(token - data.num_prefix, cols)])
+    return (picture * overlay).opts(hv.opts.Overlay(
+        width=310, height=310, xaxis=None, yaxis=None, toolbar=None))
+
+
+def _source_weights(data: RunData, state: ExplorerState) -> tuple[np.ndarray, str]:
+    """The source token's attention over the patches `[rows, cols]` (NaN when unavailable)
+    and where the attention came from (or why it is unavailable)."""
+    matrix, source = _head_attention(data, state)
+    if matrix is None:
+        return np.full(data.grid, np.nan), source
+    return matrix[state.source_token, data.num_prefix:].reshape(data.grid), source
+
+
+def image_attention_outlines(data: RunData, state: ExplorerState) -> Marks:
+    """D2: the target patches at or above the threshold outlined in blue and the source patch
+    (unless it is CLS) in black (`marks.QUADS`); the title names the source token, the head and
+    the number of targets."""
+    rows, cols = data.grid
+    weights, source = _source_weights(data, state)
+    token = state.source_token
+    targets = [divmod(int(p), cols) for p in np.flatnonzero(weights.reshape(-1) >= state.threshold)]
+    cells = targets + ([] if token < data.num_prefix else [divmod(token - data.num_prefix, cols)])
     r = np.asarray([c[0] for c in cells], np.float64)
     c = np.asarray([c[1] for c in cells], np.float64)
-    outlines = hv.Rectangles({"x0": c, "y0": rows - r - 1, "x1": c + 1, "y1": rows - r,
-                              "edge": [CLS_COLOUR] * len(targets) + ["black"] * (len(cells) - len(targets)),
-                              "width": [1.5] * len(targets) + [3.0] * (len(cells) - len(targets))},
-                             vdims=["edge", "width"]).opts(fill_alpha=0, line_color="edge", line_width="width")
-    title = (f"D2 · {data.token_name(token)} · L{state.layer}H{state.head_in_layer} · "
-             f"{len(targets)} targets" + (" (live)" if source == "computed live" else ""))
-    return (picture * overlay * outlines).opts(hv.opts.Overlay(
-        title=title, width=310, height=310, xaxis=None, yaxis=None, toolbar=None))
+    note = {"store": "", "computed live": " (live)"}.get(source, " (attention not available)")
+    return _quads(c, rows - r - 1, c + 1, rows - r,
+                  ring=[CLS_COLOUR] * len(targets) + ["black"] * (len(cells) - len(targets)),
+                  width=[1.5] * len(targets) + [3.0] * (len(cells) - len(targets)),
+                  title=f"D2 · {data.token_name(token)} · L{state.layer}H{state.head_in_layer} · "
+                 f"{len(targets)} targets{note}")
 
 
-def attention_links(data: RunData, state: ExplorerState) -> hv.Segments:
-    """D3: links from source tokens (queries, layer l+1, top) to target tokens (keys, layer l,
-    bottom) of the primary head whose weight is at or above the threshold; CLS links (either end
-    CLS) blue, patch links orange, the selected source token's links black. At most
-    `MAX_LINKS` (the strongest) are drawn."""
-    matrix, source = _head_attention(data, state)
+def attention_links_frame(data: RunData) -> hv.Segments:
+    """D3's axes (tokens left to right, sources on top, targets at the bottom); the links are
+    drawn by `attention_links`."""
     T = data.num_tokens
+    return hv.Segments(([], [], [], []), ["source", "y0", "target", "y1"]).opts(
+        width=960, height=280, xlim=(-0.5, T - 0.5), ylim=(-0.08, 1.08), yaxis=None,
+        xlabel="token (0 = CLS)", toolbar=None)
+
+
+def attention_links(data: RunData, state: ExplorerState) -> Marks:
+    """D3: links from source tokens (queries, layer l+1, top) to target tokens (keys, layer l,
+    bottom) of the primary head whose weight is at or above the threshold (`marks.SEGMENTS`);
+    CLS links (either end CLS) blue, patch links orange, the selected source token's links
+    black. At most `MAX_LINKS` (the strongest) are drawn."""
+    matrix, source = _head_attention(data, state)
     if matrix is None:
         q = k = np.zeros(0, int)
         w = np.zeros(0)
@@ -515,51 +554,57 @@ def attention_links(data: RunData, state: ExplorerState) -> hv.Segments:
     kind = np.where(q == state.source_token, 2, np.where((q < data.num_prefix) | (k < data.num_prefix), 1, 0))
     order = np.argsort(kind, kind="stable")
     q, k, w, kind = q[order], k[order], w[order], kind[order]
-    links = hv.Segments({"source": q, "y0": np.ones(len(q)), "target": k, "y1": np.zeros(len(q)),
-                         "weight": w, "colour": np.asarray([PATCH_COLOUR, CLS_COLOUR, "black"])[kind],
-                         "alpha": np.asarray([0.35, 0.6, 0.9])[kind],
-                         "width": np.asarray([1.0, 1.0, 2.0])[kind]},
-                        ["source", "y0", "target", "y1"], ["weight", "colour", "alpha", "width"])
     shown = f"{len(w)} of {total}" if total > len(w) else f"{total}"
-    return links.opts(
-        color="colour", alpha="alpha", line_width="width",
-        title=f"D3 · {shown} links ≥ {state.threshold:.3g} · {data.head_name(state.head)} "
-              f"(top: source l+1, bottom: target l)",
-        width=960, height=280, xlim=(-0.5, T - 0.5), ylim=(-0.08, 1.08), yaxis=None,
-        xlabel="token (0 = CLS)", toolbar=None)
+    return Marks({"x0": q.astype(np.float64), "y0": np.ones(len(q)), "x1": k.astype(np.float64),
+                  "y1": np.zeros(len(q)), "weight": w,
+                  "colour": np.asarray([PATCH_COLOUR, CLS_COLOUR, "black"], dtype=object)[kind],
+                  "alpha": np.asarray([0.35, 0.6, 0.9])[kind], "width": np.asarray([1.0, 1.0, 2.0])[kind]},
+                 f"D3 · {shown} links ≥ {state.threshold:.3g} · {data.head_name(state.head)} "
+                 f"(top: source l+1, bottom: target l)")
 
 
-def attention_matrix(data: RunData, state: ExplorerState) -> hv.Overlay:
+def attention_matrix(data: RunData, state: ExplorerState) -> hv.Image:
     """D4: the primary head's token x token attention on the selected image (rows: source /
-    query tokens, top to bottom; columns: target / key tokens); the source row is marked.
-    Click a row to choose the source token."""
+    query tokens, top to bottom; columns: target / key tokens); `attention_matrix_row` marks
+    the source row. Click a row to choose the source token."""
     matrix, source = _head_attention(data, state)
     T = data.num_tokens
     if matrix is None:
         matrix = np.full((T, T), np.nan)
-    image = hv.Image(matrix[::-1], bounds=(-0.5, -0.5, T - 0.5, T - 0.5),
-                     kdims=["target", "source"], vdims=["attention"]).opts(
+    return hv.Image(matrix[::-1], bounds=(-0.5, -0.5, T - 0.5, T - 0.5),
+                    kdims=["target", "source"], vdims=["attention"]).opts(
         cmap="Oranges", cnorm="eq_hist", colorbar=True, tools=["hover", "tap"],
-        clipping_colors={"NaN": "white"})
-    row = hv.HSpan(state.source_token - 0.5, state.source_token + 0.5).opts(
-        color=CLS_COLOUR, alpha=0.25, line_width=0)
-    return (image * row).opts(hv.opts.Overlay(
+        clipping_colors={"NaN": "white"},
         title=f"D4 · attention matrix · {data.head_name(state.head)} · image {data.ids[state.image]}",
-        width=340, height=310, invert_yaxis=True, toolbar=None))
+        width=340, height=310, invert_yaxis=True, toolbar=None)
 
 
-def attention_histogram(data: RunData, state: ExplorerState) -> hv.Overlay:
+def attention_matrix_row(data: RunData, state: ExplorerState) -> Marks:
+    """D4: a band on the source token's row (`marks.QUADS`)."""
+    t = float(state.source_token)
+    return _quads([-0.5], t - 0.5, data.num_tokens - 0.5, t + 0.5, fill=CLS_COLOUR, alpha=0.25, width=0.0)
+
+
+def attention_histogram(data: RunData, state: ExplorerState) -> hv.Histogram:
     """D5: the histogram of the primary head's attention values on the selected image (log
-    counts) with the threshold; click to move the threshold."""
+    counts); `attention_threshold` draws the threshold. Click to move the threshold."""
     matrix, source = _head_attention(data, state)
     values = np.zeros(0) if matrix is None else matrix.reshape(-1)
     edges = np.linspace(0.0, 1.0, 51)
     counts = np.histogram(values, edges)[0]
-    hist = hv.Histogram((edges, np.where(counts > 0, counts, np.nan)), kdims=["attention"],
+    return hv.Histogram((edges, np.where(counts > 0, counts, np.nan)), kdims=["attention"],
                         vdims=["count"]).opts(
-        color=PATCH_COLOUR, line_color=None, logy=True, tools=["hover", "tap"])
-    above = int((values >= state.threshold).sum())
-    line = hv.VLine(state.threshold).opts(color=HIGHLIGHT, line_width=2)
-    return (hist * line).opts(hv.opts.Overlay(
-        title=f"D5 · attention values · threshold {state.threshold:.3g} ({above} ≥)",
-        width=300, height=240, xlim=(0, 1), ylim=(0.5, None), toolbar=None))
+        color=PATCH_COLOUR, line_color=None, logy=True, tools=["hover", "tap"],
+        width=300, height=240, xlim=(0, 1), ylim=(0.5, None), toolbar=None)
+
+
+def attention_threshold(data: RunData, state: ExplorerState) -> Marks:
+    """D5: the threshold as a vertical line (`marks.SEGMENTS`); the title counts the values at
+    or above it."""
+    matrix, _ = _head_attention(data, state)
+    above = 0 if matrix is None else int((matrix >= state.threshold).sum())
+    t = float(state.threshold)
+    return Marks({"x0": [t], "y0": [0.5], "x1": [t], "y1": [1e12], "colour": np.asarray([HIGHLIGHT], dtype=object),
+                  "alpha": [1.0], "width": [2.0]},
+                 f"D5 · attention values · threshold {state.threshold:.3g} ({above} ≥) · "
+                 f"{data.head_name(state.head)}")

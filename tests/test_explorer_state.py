@@ -60,7 +60,7 @@ def test_head_selection_changes_the_head_views_to_that_heads_store_data(data, ar
     np.testing.assert_allclose(second, profile[3, L - 1, H - 1], rtol=1e-6)
     assert not np.allclose(first, second)
     # C3 follows: the selected image's entropy of the new head is marked.
-    mark = views.entropy_distribution(data, state).get(2).data
+    mark = views.entropy_of_image(data, state).columns["x0"][0]
     assert mark == pytest.approx(float(arrays["strength"]["entropy"][3, L - 1, H - 1]))
 
 
@@ -71,7 +71,7 @@ def test_image_selection_changes_b1_to_that_images_store_data(data, arrays):
     a, b = 0, int(np.argmax(np.abs(flat - flat[:, :1]).max(axis=0)))
     assert a != b
     state = ExplorerState(data, image=a)
-    line = lambda: views.head_importance_line(data, state).get(1).dimension_values("value")  # noqa: E731
+    line = lambda: views.head_importance_values(data, state).get(1).dimension_values("value")  # noqa: E731
     np.testing.assert_allclose(line(), flat[:, a], rtol=1e-6)
     state.select_image(b)
     np.testing.assert_allclose(line(), flat[:, b], rtol=1e-6)
@@ -120,7 +120,7 @@ def test_every_click_stream_is_attached_to_its_plot(linked):
     renderer = hv.renderer("bokeh")
     for name, stream in v.streams.items():
         plot = renderer.get_plot(v.plots[name])
-        attached = [cb for p in [plot, *getattr(plot, "subplots", {}).values()] for cb in p.callbacks
+        attached = [cb for p in [plot, *(getattr(plot, "subplots", None) or {}).values()] for cb in p.callbacks
                     if stream in cb.streams]
         assert attached, name
 
@@ -257,6 +257,41 @@ def test_axes_follow_the_data_of_the_new_selection(linked, data):
     state.select_head(head)
     assert covered(plots["C2"], data.hop_profiles(image, [head])[0])
     cells = data.head_values("probability", "image", image).values
-    mapper = next(sub.handles["color_mapper"] for sub in plots["B1 heat map"].subplots.values()
-                  if "color_mapper" in sub.handles)
+    heat = plots["B1 heat map"]
+    mapper = next(p.handles["color_mapper"] for p in [heat, *(heat.subplots or {}).values()]
+                  if "color_mapper" in p.handles)
     assert mapper.low <= cells.min() + 1e-9 and mapper.high >= cells.max() - 1e-9
+
+
+def test_marks_follow_the_selection_in_the_served_figures(linked, data):
+    """The selection marks are drawn straight into the Bokeh figures the server holds: a
+    selection rewrites their data and the titles, and a re-render of the view underneath (a
+    metric change re-renders B1 through HoloViews) keeps them, once, with the new values."""
+    state, v = linked
+    renderer = hv.renderer("bokeh")
+    figures = {name: renderer.get_plot(v.plots[name]).state for name in ("B1", "B1 heat map", "D3")}
+    H = data.num_heads
+    a, b = 1, data.num_heads_total - 2
+    state.select_heads([a, b])
+    values = lambda metric: data.head_values(metric, state.scope, state.image).values.reshape(-1)  # noqa: E731
+    b1 = v.marks["B1"].source(figures["B1"])
+    np.testing.assert_allclose(b1.data["x"], [a, b])
+    np.testing.assert_allclose(b1.data["y"], values("probability")[[a, b]])
+    assert list(b1.data["ring"]) == [views.HIGHLIGHT, views.SECONDARY]
+    assert f"selected {data.head_name(a)}" in figures["B1"].title.text
+    heat = v.marks["B1 heat map"].source(figures["B1 heat map"])
+    np.testing.assert_allclose(heat.data["x0"], np.array([a, b]) % H - 0.5)
+    np.testing.assert_allclose(heat.data["y0"], np.array([a, b]) // H - 0.5)
+
+    state.metric = "kl"
+    assert sum(getattr(r, "data_source", None) is b1 for r in figures["B1"].renderers) == 1
+    np.testing.assert_allclose(b1.data["y"], values("kl")[[a, b]])
+    assert figures["B1"].title.text.startswith("B1 · kl") and data.head_name(a) in figures["B1"].title.text
+
+    # D3's links are a marks layer: every weight at or above the threshold, up to MAX_LINKS.
+    state.select_image(sorted(data.kept)[0])
+    matrix = np.asarray(data.attention(state.image)[0][state.layer, state.head_in_layer])
+    links = v.marks["D3"].source(figures["D3"]).data
+    assert len(links["x0"]) == min(views.MAX_LINKS, int((matrix >= state.threshold).sum())) > 0
+    np.testing.assert_allclose(links["weight"], matrix[links["x0"].astype(int), links["x1"].astype(int)])
+    assert data.head_name(a) in figures["D3"].title.text

@@ -56,20 +56,26 @@ def test_every_view_renders(which, request):
     for metric in METRICS:
         for scope in SCOPES:
             state.param.update(metric=metric, scope=scope)
-            hv.render(views.head_importance_line(data, state))
+            hv.render(views.head_importance_values(data, state))
+            assert data.head_name(state.head) in views.head_importance_marks(data, state).title
             hv.render(views.partial_pruning_bars(data, state))
+            assert len(views.partial_pruning_glyphs(data, state).columns["x0"]) == 4 * len(PRUNE_MODES) + 1
     for mode in PRUNE_MODES:
         state.mode = mode
         assert "top-5" in views.top5_markdown(data, state)
     for space in state.param.space.objects:
         state.space = space
-        hv.render(views.pattern_density(data, state) * views.pattern_heads(data, state)
-                  * views.pattern_highlight(data, state))
+        hv.render(views.pattern_density(data, state) * views.pattern_heads(data, state))
+        assert space in views.pattern_highlight(data, state).title
         hv.render(views.prototype_strip(data, state))
     state.source_token = data.num_tokens - 1
-    for fn in (views.image_attention, views.attention_links, views.attention_matrix,
-               views.attention_histogram, views.hop_profile_view, views.entropy_distribution):
+    for fn in (views.attention_matrix, views.hop_profile_view, views.entropy_distribution):
         assert hv.render(fn(data, state)).title.text
+    hv.render(views.image_attention(data, state))
+    hv.render(views.attention_histogram(data, state))
+    for fn in (views.image_attention_outlines, views.attention_links, views.attention_threshold):
+        title = fn(data, state).title
+        assert data.head_name(state.head) in title or f"L{state.layer}H{state.head_in_layer}" in title, title
 
 
 def test_timm_run_has_its_own_grid_and_no_labels(timm_run):
@@ -81,7 +87,7 @@ def test_timm_run_has_its_own_grid_and_no_labels(timm_run):
     members = data.scope_images("class", 0)
     assert (data.prediction[members] == data.prediction[0]).all()
     state.scope = "class"
-    assert "class" in hv.render(views.head_importance_line(data, state)).title.text
+    assert "class" in views.head_importance_marks(data, state).title
     d2 = views.image_attention(data, state)
     weights = d2.get(1).dimension_values("attention", flat=False)
     assert weights.shape == (4, 4)
@@ -117,9 +123,9 @@ def test_b1_shows_the_stored_metric(data, raw, metric, scope):
         "confidence": lambda: raw["strength"]["confidence"][members].mean(0),
     }[metric]().reshape(-1)
     state = ExplorerState(data, image=image, metric=metric, scope=scope)
-    line = views.head_importance_line(data, state).get(1)
+    line = views.head_importance_values(data, state).get(1)
     np.testing.assert_allclose(line.dimension_values("value"), expected, rtol=1e-5, atol=1e-7)
-    heat = views.head_importance_heatmap(data, state).get(0)
+    heat = views.head_importance_cells(data, state)
     # The heat map's array is drawn bottom-up (layer 0 in the last row, then the y axis inverted).
     np.testing.assert_allclose(heat.data[::-1].reshape(-1), expected, rtol=1e-5, atol=1e-7)
 
@@ -127,8 +133,8 @@ def test_b1_shows_the_stored_metric(data, raw, metric, scope):
 def test_b2_bars_and_glyphs(data, raw):
     imp = raw["importance"]
     state = ExplorerState(data, image=1, head=3, heads=[3])
-    overlay = views.partial_pruning_bars(data, state)
-    bars = overlay.get(0)
+    bars = views.partial_pruning_bars(data, state)
+    glyphs = views.partial_pruning_glyphs(data, state).columns
     layer, head = divmod(3, data.num_heads)
     expected = [imp["prob"][list(imp["modes"]).index(m), layer, head, 1] for m in PRUNE_MODES]
     tops = bars.dimension_values("y1")
@@ -138,38 +144,39 @@ def test_b2_bars_and_glyphs(data, raw):
     # modes are defined in METHOD.md section 1 (B2).
     zeroed = {"none": (0, 0, 0, 0), "head": (1, 1, 1, 1), "cls": (1, 1, 1, 0),
               "patch": (0, 0, 0, 1), "cross": (0, 1, 1, 0), "cls_cls": (1, 0, 0, 0)}
-    glyphs = overlay.get(1)
-    fills = glyphs.dimension_values("fill")
+    fills = glyphs["fill"]
     for m, mode in enumerate(PRUNE_MODES):
         got = tuple(int(f != "#ffffff") for f in fills[4 * m: 4 * m + 4])
         assert got == zeroed[mode], mode
-    ring = overlay.get(2)
-    assert len(ring) == 1 and abs(ring.dimension_values("x0")[0] - (PRUNE_MODES.index("head") - 0.42)) < 1e-9
+    # Last, the one red frame: around the mode B3 shows.
+    assert len(fills) == 4 * len(PRUNE_MODES) + 1 and glyphs["ring"][-1] == views.HIGHLIGHT
+    assert abs(glyphs["x0"][-1] - (PRUNE_MODES.index("head") - 0.42)) < 1e-9
 
 
 def test_d_views_show_the_heads_attention(data):
     kept = sorted(data.kept)[0]
     state = ExplorerState(data, image=kept, head=data.num_heads + 1, heads=[data.num_heads + 1])
     attention = data.run.attention(kept)[1, 1]
-    matrix = views.attention_matrix(data, state).get(0)
+    matrix = views.attention_matrix(data, state)
     np.testing.assert_allclose(matrix.data[::-1], attention, rtol=1e-6)
     state.threshold = float(np.quantile(attention, 0.9))
-    links = views.attention_links(data, state)
-    assert len(links) == min(views.MAX_LINKS, int((attention >= state.threshold).sum()))
-    assert (links.dimension_values("weight") >= state.threshold).all()
-    cls_link = (links.dimension_values("source") < data.num_prefix) | (links.dimension_values("target") < data.num_prefix)
-    chosen = links.dimension_values("source") == state.source_token
-    colours = links.dimension_values("colour")
+    links = views.attention_links(data, state).columns
+    assert len(links["x0"]) == min(views.MAX_LINKS, int((attention >= state.threshold).sum()))
+    assert (links["weight"] >= state.threshold).all()
+    np.testing.assert_allclose(links["weight"], attention[links["x0"].astype(int), links["x1"].astype(int)])
+    cls_link = (links["x0"] < data.num_prefix) | (links["x1"] < data.num_prefix)
+    chosen = links["x0"] == state.source_token
+    colours = links["colour"]
     assert (colours[cls_link & ~chosen] == views.CLS_COLOUR).all()
     assert (colours[~cls_link & ~chosen] == views.PATCH_COLOUR).all()
-    hist = views.attention_histogram(data, state).get(0)
+    hist = views.attention_histogram(data, state)
     assert np.nansum(hist.dimension_values("count")) == attention.size
     state.source_token = data.num_prefix + 5
     d2 = views.image_attention(data, state)
     rows, cols = data.grid
     np.testing.assert_allclose(d2.get(1).data, attention[data.num_prefix + 5, data.num_prefix:].reshape(rows, cols))
     targets = int((attention[data.num_prefix + 5, data.num_prefix:] >= state.threshold).sum())
-    assert len(d2.get(2)) == targets + 1  # the targets and the source patch
+    assert len(views.image_attention_outlines(data, state).columns["x0"]) == targets + 1  # and the source
 
 
 def test_d1_density_counts_every_item_once(data, raw):
@@ -184,7 +191,7 @@ def test_c_views(data, raw):
     entropy = raw["strength"]["entropy"]
     dots = views.entropy_points(data, state)
     np.testing.assert_allclose(dots.dimension_values("entropy"), entropy[4].reshape(-1), rtol=1e-6)
-    ceiling = views.entropy_highlight(data, state).get(0).data
+    ceiling = views.entropy_ceiling(data).data
     assert ceiling == pytest.approx(math.log(data.grid[0]))  # ln(rings) for a square grid
     c3 = views.entropy_distribution(data, state)
     assert c3.get(0).dimension_values("count").sum() == data.num_images
