@@ -157,6 +157,10 @@ def dynamic(fn, data: RunData, state: ExplorerState, params: list[str],
 
 SELECTION = ["head", "heads"]
 DETAIL = ["image", "head", "source_token", "threshold"]
+# The marks layers of each view (`ExplorerViews.marks`), drawn in this order.
+VIEW_MARKS = {"A": ["A"], "B1": ["B1"], "B1 heat map": ["B1 heat map"], "B2": ["B2", "B2 glyphs"],
+              "C1": ["C1"], "C2": ["C2", "C2 lines"], "C3": ["C3", "C3 lines"], "distance": ["distance"],
+              "D1": ["D1"], "D2": ["D2"], "D3": ["D3"], "D4": ["D4"], "D5": ["D5", "D5 threshold"]}
 IMPORTANCE = ["metric", "scope", "scope_class", "image", *SELECTION]
 
 
@@ -167,23 +171,36 @@ class ExplorerViews:
         self.data, self.state = data, state
         d, s = data, state
         self.streams: dict[str, streams.Stream] = {}
-        # The selection marks of the views that show every head (or image) and ring the selected
-        # ones: drawn into Bokeh directly, so a selection does not re-render those views.
+        # Marks layers (explorer.marks): the selection marks of the views that show every head
+        # or image, and the views that are cheap to draw but change with every selection (B2,
+        # C2, C3, D3, D5), drawn into Bokeh directly instead of re-rendered by HoloViews.
+        # Several layers of one view are drawn in the order given.
+        layer = lambda fn, params, glyph=RINGS, tooltips=None: MarksLayer(  # noqa: E731
+            fn, d, s, params, glyph=glyph, tooltips=tooltips)
         self.marks = {
-            "A": MarksLayer(views.image_marker, d, s, ["image"]),
-            "B1": MarksLayer(views.head_importance_marks, d, s, IMPORTANCE),
-            "B1 heat map": MarksLayer(views.head_importance_boxes, d, s, SELECTION, glyph=QUADS),
-            "C1": MarksLayer(views.entropy_highlight, d, s, ["scope", "scope_class", "image", *SELECTION]),
-            "C3": MarksLayer(views.entropy_of_image, d, s, ["image", "head"], glyph=SEGMENTS),
-            "distance": MarksLayer(views.distance_marks, d, s, SELECTION),
-            "D1": MarksLayer(views.pattern_highlight, d, s, ["space", *SELECTION], glyph=RINGS),
-            "B2": MarksLayer(views.partial_pruning_glyphs, d, s, [*IMPORTANCE, "mode"], glyph=QUADS),
-            "D2": MarksLayer(views.image_attention_outlines, d, s, DETAIL, glyph=QUADS),
-            "D3": MarksLayer(views.attention_links, d, s, DETAIL, glyph=SEGMENTS),
-            "D4": MarksLayer(views.attention_matrix_row, d, s, ["source_token"], glyph=QUADS),
-            "D5": MarksLayer(views.attention_threshold, d, s, ["image", "head", "threshold"], glyph=SEGMENTS),
+            "A": layer(views.image_marker, ["image"]),
+            "B1": layer(views.head_importance_marks, IMPORTANCE),
+            "B1 heat map": layer(views.head_importance_boxes, SELECTION, QUADS),
+            "B2": layer(views.partial_pruning_bars, IMPORTANCE, QUADS,
+                        [("head", "@head"), ("mode", "@mode"), ("value", "@value{0.0000}")]),
+            "B2 glyphs": layer(views.partial_pruning_glyphs, [*IMPORTANCE, "mode"], QUADS),
+            "C1": layer(views.entropy_highlight, ["scope", "scope_class", "image", *SELECTION]),
+            "C2": layer(views.hop_profile_bars, ["image", *SELECTION], QUADS,
+                        [("hop", "@hop"), ("strength", "@strength{0.0000}")]),
+            "C2 lines": layer(views.hop_profile_lines, ["image", *SELECTION], SEGMENTS),
+            "C3": layer(views.entropy_distribution, SELECTION, QUADS,
+                        [("entropy", "@entropy{0.000}"), ("images", "@count")]),
+            "C3 lines": layer(views.entropy_of_image, ["image", *SELECTION], SEGMENTS),
+            "distance": layer(views.distance_marks, SELECTION),
+            "D1": layer(views.pattern_highlight, ["space", *SELECTION]),
+            "D2": layer(views.image_attention_outlines, DETAIL, QUADS),
+            "D3": layer(views.attention_links, DETAIL, SEGMENTS),
+            "D4": layer(views.attention_matrix_row, ["source_token"], QUADS),
+            "D5": layer(views.attention_histogram, ["image", "head"], QUADS,
+                        [("attention", "@attention{0.00}"), ("count", "@count")]),
+            "D5 threshold": layer(views.attention_threshold, ["image", "head", "threshold"], SEGMENTS),
         }
-        hooks = {name: [layer.hook] for name, layer in self.marks.items()}
+        hooks = {view: [self.marks[name].hook for name in names] for view, names in VIEW_MARKS.items()}
 
         # A
         points = views.image_points(d).opts(hooks=hooks["A"])
@@ -198,8 +215,8 @@ class ExplorerViews:
         self.b1_heatmap = dynamic(views.head_importance_cells, d, s, values,
                                   self._on("B1 heat map", streams.Tap(), self._heatmap_tap)).opts(
             hooks=hooks["B1 heat map"], **views.heatmap_options(d))
-        self.b2 = dynamic(views.partial_pruning_bars, d, s, IMPORTANCE,
-                          self._on("B2", streams.Tap(), self._b2_tap)).opts(hooks=hooks["B2"])
+        self.b2 = views.partial_pruning_frame(d).opts(hooks=hooks["B2"])
+        self._on("B2", streams.Tap(source=self.b2), self._b2_tap)
         self.b3 = pn.pane.Markdown(pn.bind(lambda *_: views.top5_markdown(d, s), s.param.image,
                                            s.param.head, s.param.mode), width=330)
         self.curve = views.pruning_curve(d)
@@ -210,8 +227,8 @@ class ExplorerViews:
             width=340, height=280, xlabel="layer", ylabel="entropy (nats)", toolbar="above",
             xticks=list(range(d.depth)) if d.depth <= 24 else 12, hooks=hooks["C1"]))
         self._on("C1", streams.Selection1D(source=c1_dots), self._heads_selected)
-        self.c2 = dynamic(views.hop_profile_view, d, s, ["image", *SELECTION])
-        self.c3 = dynamic(views.entropy_distribution, d, s, SELECTION).opts(hv.opts.Overlay(hooks=hooks["C3"]))
+        self.c2 = views.hop_profile_frame(d).opts(hooks=hooks["C2"])
+        self.c3 = views.entropy_distribution_frame(d).opts(hooks=hooks["C3"])
         self.trend = views.distance_trend(d).opts(hv.opts.Overlay(hooks=hooks["distance"]))
 
         # D
@@ -227,8 +244,8 @@ class ExplorerViews:
         self.d3 = views.attention_links_frame(d).opts(hooks=hooks["D3"])
         self.d4 = dynamic(views.attention_matrix, d, s, ["image", "head"],
                           self._on("D4", streams.Tap(), self._d4_tap)).opts(hooks=hooks["D4"])
-        self.d5 = dynamic(views.attention_histogram, d, s, ["image", "head"],
-                          self._on("D5", streams.Tap(), self._d5_tap)).opts(hooks=hooks["D5"])
+        self.d5 = views.attention_histogram_frame(d).opts(hooks=hooks["D5"])
+        self._on("D5", streams.Tap(source=self.d5), self._d5_tap)
 
     def _on(self, name: str, stream, callback):
         stream.add_subscriber(callback)
@@ -442,7 +459,7 @@ class ExplorerApp:
 
     def _show_sweep(self, path: Path) -> None:
         job = self.job = demo_sweep(path, self.sweep_args)
-        bar = pn.indicators.Progress(name="sweep", value=0, max=100, width=500)
+        bar = pn.indicators.Progress(value=0, max=100, width=500)
         status = pn.pane.Markdown("", margin=(0, 10))
         log = pn.pane.Str("", styles={"font-size": "11px"})
         self.sidebar[:] = []

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
-from bokeh.models import ColumnDataSource
+from bokeh.models import ColumnDataSource, FixedTicker, HoverTool
 
 # (Bokeh glyph method, its arguments). Columns: x, y, ring (line colour), size.
 RINGS = ("scatter", dict(x="x", y="y", marker="circle", size="size", fill_alpha=0,
@@ -36,11 +36,16 @@ SEGMENTS = ("segment", dict(x0="x0", y0="y0", x1="x1", y1="y1", line_color="colo
 
 @dataclass(frozen=True)
 class Marks:
-    """One frame of a marks layer: the columns of its glyph (equal lengths) and the title of the
-    figure it is drawn in (None: leave the title to HoloViews)."""
+    """One frame of a marks layer: the columns of its glyph (equal lengths) and, for the figure
+    it is drawn in, the title, the axis ranges `(start, end)`, the y ticks and the y label (None:
+    leave them as they are). A view drawn wholly in marks sets its ranges itself."""
 
     columns: dict[str, np.ndarray]
     title: str | None = None
+    x_range: tuple[float, float] | None = None
+    y_range: tuple[float, float] | None = None
+    y_ticks: list[float] | None = None
+    y_label: str | None = None
 
     def __post_init__(self):
         lengths = {k: len(v) for k, v in self.columns.items()}
@@ -62,6 +67,7 @@ class MarksLayer:
     state: object = field(repr=False)
     params: list[str]
     glyph: tuple[str, dict] = RINGS
+    tooltips: list[tuple[str, str]] | None = None  # a hover tool for this glyph, if given
     _drawn: list[tuple[object, ColumnDataSource]] = field(default_factory=list, init=False, repr=False)
     _scheduled: set = field(default_factory=set, init=False, repr=False)
 
@@ -89,6 +95,8 @@ class MarksLayer:
             renderer = getattr(figure, method)(source=source, **options)
             # A tap or box selection on the view must not fade the marks.
             renderer.nonselection_glyph = renderer.glyph
+            if self.tooltips:
+                figure.add_tools(HoverTool(renderers=[renderer], tooltips=self.tooltips))
             self._drawn = [(f, s) for f, s in self._drawn if f is not figure] + [(figure, source)]
         self._draw(marks, [figure])
 
@@ -119,6 +127,19 @@ class MarksLayer:
                 source.data = _columns(marks)
                 if marks.title is not None:
                     figure.title.text = marks.title
+                for axis_range, span in ((figure.x_range, marks.x_range), (figure.y_range, marks.y_range)):
+                    if span is not None:
+                        axis_range.start, axis_range.end = (float(v) for v in span)
+                if marks.y_label is not None:
+                    for axis in figure.yaxis:
+                        axis.axis_label = marks.y_label
+                if marks.y_ticks is not None:
+                    ticks = [float(t) for t in marks.y_ticks]
+                    for axis in figure.yaxis:
+                        if isinstance(axis.ticker, FixedTicker):
+                            axis.ticker.ticks = ticks
+                        else:
+                            axis.ticker = FixedTicker(ticks=ticks)
 
 
 def _columns(marks: Marks) -> dict[str, np.ndarray]:

@@ -15,6 +15,7 @@ matrix, D5 attention histogram.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import holoviews as hv
 import numpy as np
@@ -73,6 +74,55 @@ def _extra_heads(state: ExplorerState, limit: int | None = MAX_EXTRA_HEADS) -> l
 def _head_label(data: RunData, flat: int) -> str:
     layer, head = divmod(int(flat), data.num_heads)
     return f"L{layer}H{head}"
+
+
+# Marks and frames (explorer.marks) ---------------------------------------------------------
+
+def _quads(x0, y0, x1, y1, title: str | None = None, *, fill="#ffffff", alpha=0.0, ring=HIGHLIGHT,
+           width=3.0, **extra) -> Marks:
+    """Boxes (`marks.QUADS`); the styles are one value for all or one per box; `extra` columns
+    (for a hover) ride along."""
+    x0 = np.asarray(x0, np.float64)
+    n = len(x0)
+    column = lambda v, dtype=None: np.asarray(v if np.ndim(v) else [v] * n, dtype)  # noqa: E731
+    return Marks({"x0": x0, "y0": column(y0, np.float64), "x1": column(x1, np.float64),
+                  "y1": column(y1, np.float64), "fill": column(fill, object), "alpha": column(alpha, np.float64),
+                  "ring": column(ring, object), "width": column(width, np.float64),
+                  **{k: np.asarray(v) for k, v in extra.items()}}, title)
+
+
+def _rings(x, y, title: str | None, big: int = 16) -> Marks:
+    """Rings (`marks.RINGS`) on selected items, given primary first: red and larger for the
+    primary one."""
+    primary = np.arange(len(x)) == 0
+    return Marks({"x": np.asarray(x, np.float64), "y": np.asarray(y, np.float64),
+                  "ring": np.where(primary, HIGHLIGHT, SECONDARY).astype(object),
+                  "size": np.where(primary, big, big - 3)}, title)
+
+
+def _segments(x0, y0, x1, y1, colour, alpha=1.0, width=2.0, **extra) -> dict[str, np.ndarray]:
+    """Columns of `marks.SEGMENTS`; the styles are one value for all or one per segment."""
+    x0 = np.asarray(x0, np.float64)
+    n = len(x0)
+    column = lambda v, dtype=None: np.asarray(v if np.ndim(v) else [v] * n, dtype)  # noqa: E731
+    return {"x0": x0, "y0": column(y0, np.float64), "x1": column(x1, np.float64), "y1": column(y1, np.float64),
+            "colour": column(colour, object), "alpha": column(alpha, np.float64),
+            "width": column(width, np.float64), **{k: np.asarray(v) for k, v in extra.items()}}
+
+
+def _polylines(lines: list[tuple[np.ndarray, np.ndarray]], colour: str, width: float = 2.0) -> dict[str, np.ndarray]:
+    """Polylines `[(x, y), ...]` as the columns of `marks.SEGMENTS` (one segment per step)."""
+    x0 = [x[:-1] for x, _ in lines] or [np.zeros(0)]
+    y0 = [y[:-1] for _, y in lines] or [np.zeros(0)]
+    x1 = [x[1:] for x, _ in lines] or [np.zeros(0)]
+    y1 = [y[1:] for _, y in lines] or [np.zeros(0)]
+    return _segments(np.concatenate(x0), np.concatenate(y0), np.concatenate(x1), np.concatenate(y1),
+                     colour, 1.0, width)
+
+
+def chart_frame(x_label: str, y_label: str, *, logy: bool = False, **options) -> hv.Curve:
+    """An empty chart (axes, labels, size) for a view drawn wholly in marks layers."""
+    return hv.Curve([], x_label, y_label).opts(logy=logy, toolbar=None, **options)
 
 
 # A: image overview -------------------------------------------------------------------------
@@ -199,29 +249,30 @@ def _b2_layout(data: RunData, state: ExplorerState):
     return heads, metric, table, bottom, top, span, (glyph_top - 0.3 * span, glyph_top)
 
 
-def partial_pruning_bars(data: RunData, state: ExplorerState) -> hv.Rectangles:
-    """B2: the metric under each of the six prune modes for the selected heads (primary first);
-    `partial_pruning_glyphs` draws the mode glyphs under the bars. Click a bar or glyph to choose
-    the mode of B3."""
+def partial_pruning_frame(data: RunData) -> hv.Curve:
+    """B2's axes; `partial_pruning_bars` and `partial_pruning_glyphs` draw it."""
+    return chart_frame("mode", "value", width=320, height=260, xaxis=None,
+                       xlim=(-0.6, len(PRUNE_MODES) - 0.4), ylim=(-0.5, 1.0), tools=["tap"])
+
+
+def partial_pruning_bars(data: RunData, state: ExplorerState) -> Marks:
+    """B2: the metric under each of the six prune modes for the selected heads (primary first,
+    `marks.QUADS`); `partial_pruning_glyphs` draws the mode glyphs under the bars. Click a bar or
+    glyph to choose the mode of B3."""
     heads, metric, table, bottom, top, span, (glyph_y0, _) = _b2_layout(data, state)
     width = 0.7 / len(heads)
-    bars = []
-    for m in range(len(PRUNE_MODES)):
-        for j, h in enumerate(heads):
-            v = table[m, j]
-            x0 = m - 0.35 + j * width
-            bars.append((x0, min(0.0, v) if np.isfinite(v) else 0.0, x0 + width,
-                         max(0.0, v) if np.isfinite(v) else 0.0, _head_label(data, h),
-                         MODE_LABELS[PRUNE_MODES[m]], float(v)))
-    colours = [BAR] + [SECONDARY] * (len(heads) - 1)
-    ticks = [(round(v, 3), f"{v:.2g}") for v in np.linspace(bottom, top, 5)]
+    m, j = np.divmod(np.arange(table.size), len(heads))  # bar order: mode-major
+    v = table.reshape(-1)
+    x0 = m - 0.35 + j * width
+    fill = np.where(j == 0, BAR, SECONDARY)
+    marks = _quads(x0, np.where(np.isfinite(v), np.minimum(0.0, v), 0.0), x0 + width,
+                   np.where(np.isfinite(v), np.maximum(0.0, v), 0.0), fill=fill, alpha=1.0, ring="white", width=1.0,
+                   head=[_head_label(data, heads[i]) for i in j], mode=[MODE_LABELS[PRUNE_MODES[i]] for i in m],
+                   value=v)
     names = ", ".join(_head_label(data, h) for h in heads)
-    return hv.Rectangles(bars, vdims=["head", "mode", metric]).opts(
-        color="head", cmap={_head_label(data, h): colours[j] for j, h in enumerate(heads)},
-        line_color="white", tools=["hover", "tap"], nonselection_alpha=1.0,
-        title=f"B2 · {metric} per prune mode · {names}", width=320, height=260,
-        xlim=(-0.6, len(PRUNE_MODES) - 0.4), ylim=(glyph_y0 - 0.2 * span, top + 0.05 * span),
-        yticks=ticks, xaxis=None, ylabel=metric, toolbar=None, show_legend=False)
+    return replace(marks, title=f"B2 · {metric} per prune mode · {names}",
+                   y_range=(glyph_y0 - 0.2 * span, top + 0.05 * span),
+                   y_ticks=[round(t, 3) for t in np.linspace(bottom, top, 5)], y_label=metric)
 
 
 def partial_pruning_glyphs(data: RunData, state: ExplorerState) -> Marks:
@@ -306,26 +357,6 @@ def entropy_points(data: RunData, state: ExplorerState) -> hv.Scatter:
         selection_alpha=1.0, line_color=None, active_tools=["tap", "box_select"])
 
 
-def _quads(x0, y0, x1, y1, title: str | None = None, *, fill="#ffffff", alpha=0.0, ring=HIGHLIGHT,
-           width=3.0) -> Marks:
-    """Boxes (`marks.QUADS`); the styles are one value for all or one per box."""
-    x0 = np.asarray(x0, np.float64)
-    n = len(x0)
-    column = lambda v, dtype=None: np.asarray(v if np.ndim(v) else [v] * n, dtype)  # noqa: E731
-    return Marks({"x0": x0, "y0": column(y0, np.float64), "x1": column(x1, np.float64),
-                  "y1": column(y1, np.float64), "fill": column(fill, object), "alpha": column(alpha, np.float64),
-                  "ring": column(ring, object), "width": column(width, np.float64)}, title)
-
-
-def _rings(x, y, title: str | None, big: int = 16) -> Marks:
-    """Rings (`marks.RINGS`) on selected items, given primary first: red and larger for the
-    primary one."""
-    primary = np.arange(len(x)) == 0
-    return Marks({"x": np.asarray(x, np.float64), "y": np.asarray(y, np.float64),
-                  "ring": np.where(primary, HIGHLIGHT, SECONDARY).astype(object),
-                  "size": np.where(primary, big, big - 3)}, title)
-
-
 def entropy_ceiling(data: RunData) -> hv.HLine:
     """C1: the largest possible entropy, ln(rings) (a flat profile)."""
     top = math.log(data.strength["profile"].shape[-1])
@@ -341,49 +372,69 @@ def entropy_highlight(data: RunData, state: ExplorerState) -> Marks:
                   f"{data.scope_label(state.scope, state.image, state.scope_class)}")
 
 
-def hop_profile_view(data: RunData, state: ExplorerState) -> hv.Overlay:
-    """C2: attention strength at each hop d (Chebyshev rings) of the primary head as bars, the
-    other selected heads as lines, for the selected image."""
+def hop_profile_frame(data: RunData) -> hv.Curve:
+    """C2's axes; `hop_profile_bars` and `hop_profile_lines` draw it."""
+    rings = data.strength["profile"].shape[-1]
+    return chart_frame("n-hop neighbours", "strength", width=320, height=280,
+                       xticks=list(range(rings)) if rings <= 16 else 10, xlim=(-0.6, rings - 0.4))
+
+
+def hop_profile_bars(data: RunData, state: ExplorerState) -> Marks:
+    """C2: attention strength at each hop d (Chebyshev rings) of the primary head on the selected
+    image, as bars (`marks.QUADS`); the y range fits every selected head's profile."""
     heads = [state.head, *_extra_heads(state)]
-    profiles = data.hop_profiles(state.image, heads)
-    rings = np.arange(profiles.shape[1])
-    bars = hv.Rectangles([(d - 0.4, 0.0, d + 0.4, float(v), d, float(v)) for d, v in zip(rings, profiles[0])],
-                         vdims=["hop", "strength"]).opts(color=BAR, line_color=None, tools=["hover"])
-    paths = hv.Path([{"hop": rings, "strength": p, "head": _head_label(data, h)}
-                     for h, p in zip(heads[1:], profiles[1:])], ["hop", "strength"], vdims=["head"]).opts(
-        color=SECONDARY, line_width=2)
-    top = float(np.nanmax(profiles)) if profiles.size else 1.0
-    return (bars * paths).opts(hv.opts.Overlay(
-        title=f"C2 · n-hop strength · {data.head_name(state.head)} · image {data.ids[state.image]}",
-        width=320, height=280, xlabel="n-hop neighbours", ylabel="strength",
-        ylim=(0, top * 1.08 or 1.0), xticks=list(rings) if len(rings) <= 16 else 10, toolbar=None))
+    profiles = data.hop_profiles(state.image, heads)  # [heads, rings]
+    d = np.arange(profiles.shape[1], dtype=np.float64)
+    top = float(np.nanmax(profiles)) if np.isfinite(profiles).any() else 1.0
+    marks = _quads(d - 0.4, 0.0, d + 0.4, np.nan_to_num(profiles[0]), fill=BAR, alpha=1.0, width=0.0,
+                   hop=d, strength=profiles[0])
+    return replace(marks, title=f"C2 · n-hop strength · {data.head_name(state.head)} · image {data.ids[state.image]}",
+                   y_range=(0.0, top * 1.08 or 1.0))
 
 
-def entropy_distribution(data: RunData, state: ExplorerState) -> hv.Overlay:
-    """C3: the distribution of the primary head's entropy over all images (area) and the other
-    selected heads as lines; `entropy_of_image` marks the selected image."""
+def hop_profile_lines(data: RunData, state: ExplorerState) -> Marks:
+    """C2: the other selected heads' profiles as lines (`marks.SEGMENTS`)."""
+    heads = _extra_heads(state)
+    profiles = data.hop_profiles(state.image, heads) if heads else np.zeros((0, 0))
+    return Marks(_polylines([(np.arange(len(p), dtype=np.float64), p) for p in profiles], SECONDARY))
+
+
+def _entropy_histograms(data: RunData, state: ExplorerState):
+    """(edges, counts per selected head `[heads, bins]`, entropies `[heads, N]`) for C3."""
     heads = [state.head, *_extra_heads(state)]
     values = data.entropy_over_images(heads)  # [heads, N]
     lo, hi = float(np.nanmin(values)), float(np.nanmax(values))
     if hi - lo < 1e-6:
         lo, hi = lo - 0.05, hi + 0.05
     edges = np.linspace(lo, hi, 41)
-    counts = [np.histogram(v, edges)[0] for v in values]
-    centres = (edges[:-1] + edges[1:]) / 2
-    area = hv.Area((centres, counts[0]), "entropy", "count").opts(color=BAR, alpha=0.7, line_color=BAR)
-    paths = hv.Path([{"entropy": centres, "count": c} for c in counts[1:]], ["entropy", "count"]).opts(
-        color=SECONDARY, line_width=2)
-    return (area * paths).opts(hv.opts.Overlay(
-        title=f"C3 · entropy of {data.head_name(state.head)}, {data.num_images} images",
-        width=320, height=280, toolbar=None, xticks=4, xformatter="%.3g"))
+    return edges, np.stack([np.histogram(v, edges)[0] for v in values]), values
+
+
+def entropy_distribution_frame(data: RunData) -> hv.Curve:
+    """C3's axes; `entropy_distribution` and `entropy_of_image` draw it."""
+    return chart_frame("entropy", "count", width=320, height=280, xticks=4, xformatter="%.3g")
+
+
+def entropy_distribution(data: RunData, state: ExplorerState) -> Marks:
+    """C3: the distribution of the primary head's entropy over all images as a histogram
+    (`marks.QUADS`); the ranges fit every selected head's distribution."""
+    edges, counts, _ = _entropy_histograms(data, state)
+    marks = _quads(edges[:-1], 0.0, edges[1:], counts[0], fill=BAR, alpha=0.8, width=0.0,
+                   entropy=(edges[:-1] + edges[1:]) / 2, count=counts[0])
+    pad = 0.02 * (edges[-1] - edges[0])
+    return replace(marks, title=f"C3 · entropy of {data.head_name(state.head)}, {data.num_images} images",
+                   x_range=(edges[0] - pad, edges[-1] + pad), y_range=(0.0, float(counts.max()) * 1.08 or 1.0))
 
 
 def entropy_of_image(data: RunData, state: ExplorerState) -> Marks:
-    """C3: the selected image's entropy under the primary head, a vertical line
-    (`marks.SEGMENTS`, as high as any count can be)."""
-    x = float(data.entropy_over_images([state.head])[0, state.image])
-    return Marks({"x0": [x], "y0": [0.0], "x1": [x], "y1": [float(data.num_images)],
-                  "colour": np.asarray([HIGHLIGHT], dtype=object), "alpha": [1.0], "width": [2.0]})
+    """C3: the other selected heads' distributions as lines and the selected image's entropy
+    under the primary head as a red vertical line (`marks.SEGMENTS`)."""
+    edges, counts, values = _entropy_histograms(data, state)
+    centres = (edges[:-1] + edges[1:]) / 2
+    lines = _polylines([(centres, c.astype(np.float64)) for c in counts[1:]], SECONDARY)
+    x = float(values[0, state.image])
+    mark = _segments([x], 0.0, [x], float(counts.max()) * 2 + 1, HIGHLIGHT)
+    return Marks({k: np.concatenate([lines[k], mark[k]]) for k in mark})
 
 
 def distance_trend(data: RunData) -> hv.Overlay:
@@ -585,17 +636,21 @@ def attention_matrix_row(data: RunData, state: ExplorerState) -> Marks:
     return _quads([-0.5], t - 0.5, data.num_tokens - 0.5, t + 0.5, fill=CLS_COLOUR, alpha=0.25, width=0.0)
 
 
-def attention_histogram(data: RunData, state: ExplorerState) -> hv.Histogram:
-    """D5: the histogram of the primary head's attention values on the selected image (log
-    counts); `attention_threshold` draws the threshold. Click to move the threshold."""
-    matrix, source = _head_attention(data, state)
+def attention_histogram_frame(data: RunData) -> hv.Curve:
+    """D5's axes (log counts); `attention_histogram` and `attention_threshold` draw it."""
+    return chart_frame("attention", "count", logy=True, width=300, height=240, xlim=(0, 1), ylim=(0.5, 10))
+
+
+def attention_histogram(data: RunData, state: ExplorerState) -> Marks:
+    """D5: the histogram of the primary head's attention values on the selected image, log
+    counts (`marks.QUADS`); click to move the threshold."""
+    matrix, _ = _head_attention(data, state)
     values = np.zeros(0) if matrix is None else matrix.reshape(-1)
     edges = np.linspace(0.0, 1.0, 51)
     counts = np.histogram(values, edges)[0]
-    return hv.Histogram((edges, np.where(counts > 0, counts, np.nan)), kdims=["attention"],
-                        vdims=["count"]).opts(
-        color=PATCH_COLOUR, line_color=None, logy=True, tools=["hover", "tap"],
-        width=300, height=240, xlim=(0, 1), ylim=(0.5, None), toolbar=None)
+    marks = _quads(edges[:-1], 0.5, edges[1:], np.maximum(counts, 0.5), fill=PATCH_COLOUR, alpha=1.0, width=0.0,
+                   attention=(edges[:-1] + edges[1:]) / 2, count=counts)
+    return replace(marks, y_range=(0.5, max(2.0 * float(counts.max(initial=1)), 10.0)))
 
 
 def attention_threshold(data: RunData, state: ExplorerState) -> Marks:

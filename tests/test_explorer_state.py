@@ -52,11 +52,11 @@ def test_head_selection_changes_the_head_views_to_that_heads_store_data(data, ar
     state = ExplorerState(data, head=0, heads=[0], image=3)
     profile = arrays["strength"]["profile"]  # [N, L, H, rings]
     L, H = data.depth, data.num_heads
-    first = views.hop_profile_view(data, state).get(0).dimension_values("strength")
+    first = views.hop_profile_bars(data, state).columns["strength"]
     np.testing.assert_allclose(first, profile[3, 0, 0], rtol=1e-6)
     target = L * H - 1
     state.select_head(target)
-    second = views.hop_profile_view(data, state).get(0).dimension_values("strength")
+    second = views.hop_profile_bars(data, state).columns["strength"]
     np.testing.assert_allclose(second, profile[3, L - 1, H - 1], rtol=1e-6)
     assert not np.allclose(first, second)
     # C3 follows: the selected image's entropy of the new head is marked.

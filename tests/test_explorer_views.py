@@ -58,7 +58,8 @@ def test_every_view_renders(which, request):
             state.param.update(metric=metric, scope=scope)
             hv.render(views.head_importance_values(data, state))
             assert data.head_name(state.head) in views.head_importance_marks(data, state).title
-            hv.render(views.partial_pruning_bars(data, state))
+            bars = views.partial_pruning_bars(data, state)
+            assert metric in bars.title or metric in ("taylor", "confidence")
             assert len(views.partial_pruning_glyphs(data, state).columns["x0"]) == 4 * len(PRUNE_MODES) + 1
     for mode in PRUNE_MODES:
         state.mode = mode
@@ -69,11 +70,11 @@ def test_every_view_renders(which, request):
         assert space in views.pattern_highlight(data, state).title
         hv.render(views.prototype_strip(data, state))
     state.source_token = data.num_tokens - 1
-    for fn in (views.attention_matrix, views.hop_profile_view, views.entropy_distribution):
-        assert hv.render(fn(data, state)).title.text
+    assert hv.render(views.attention_matrix(data, state)).title.text
     hv.render(views.image_attention(data, state))
-    hv.render(views.attention_histogram(data, state))
-    for fn in (views.image_attention_outlines, views.attention_links, views.attention_threshold):
+    assert views.attention_histogram(data, state).columns["count"].sum() == data.num_tokens ** 2
+    for fn in (views.image_attention_outlines, views.attention_links, views.attention_threshold,
+               views.hop_profile_bars, views.entropy_distribution):
         title = fn(data, state).title
         assert data.head_name(state.head) in title or f"L{state.layer}H{state.head_in_layer}" in title, title
 
@@ -137,8 +138,8 @@ def test_b2_bars_and_glyphs(data, raw):
     glyphs = views.partial_pruning_glyphs(data, state).columns
     layer, head = divmod(3, data.num_heads)
     expected = [imp["prob"][list(imp["modes"]).index(m), layer, head, 1] for m in PRUNE_MODES]
-    tops = bars.dimension_values("y1")
-    bottoms = bars.dimension_values("y0")
+    tops = bars.columns["y1"]
+    bottoms = bars.columns["y0"]
     np.testing.assert_allclose(np.where(tops > 0, tops, bottoms), expected, rtol=1e-6)
     # Glyph blocks per mode: (CLS->CLS, CLS->patch, patch->CLS, patch->patch) zeroed, as the
     # modes are defined in METHOD.md section 1 (B2).
@@ -170,7 +171,7 @@ def test_d_views_show_the_heads_attention(data):
     assert (colours[cls_link & ~chosen] == views.CLS_COLOUR).all()
     assert (colours[~cls_link & ~chosen] == views.PATCH_COLOUR).all()
     hist = views.attention_histogram(data, state)
-    assert np.nansum(hist.dimension_values("count")) == attention.size
+    assert hist.columns["count"].sum() == attention.size
     state.source_token = data.num_prefix + 5
     d2 = views.image_attention(data, state)
     rows, cols = data.grid
@@ -194,8 +195,11 @@ def test_c_views(data, raw):
     ceiling = views.entropy_ceiling(data).data
     assert ceiling == pytest.approx(math.log(data.grid[0]))  # ln(rings) for a square grid
     c3 = views.entropy_distribution(data, state)
-    assert c3.get(0).dimension_values("count").sum() == data.num_images
-    assert len(c3.get(1).split()) == 1  # the second selected head's distribution
+    assert c3.columns["count"].sum() == data.num_images
+    # The second selected head's distribution (a line of 40 bins: 39 segments) and the image.
+    lines = views.entropy_of_image(data, state).columns
+    assert len(lines["x0"]) == 39 + 1 and lines["colour"][-1] == views.HIGHLIGHT
+    assert lines["x0"][-1] == pytest.approx(float(entropy[4, 0, 2]))
 
 
 def test_image_overview_points_and_thumbnails(data, raw):
