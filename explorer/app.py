@@ -33,7 +33,7 @@ from holoviews import streams
 
 from explorer import views
 from explorer.data import METRICS, MODE_LABELS, SCOPES, RunData, load_run
-from explorer.marks import QUADS, RINGS, SEGMENTS, MarksLayer
+from explorer.marks import DOTS, IMAGE, QUADS, RGBA, RINGS, SEGMENTS, MarksLayer
 from explorer.state import ExplorerState
 from vit_jax_va import store
 from vit_jax_va.masks import PRUNE_MODES
@@ -158,9 +158,10 @@ def dynamic(fn, data: RunData, state: ExplorerState, params: list[str],
 SELECTION = ["head", "heads"]
 DETAIL = ["image", "head", "source_token", "threshold"]
 # The marks layers of each view (`ExplorerViews.marks`), drawn in this order.
-VIEW_MARKS = {"A": ["A"], "B1": ["B1"], "B1 heat map": ["B1 heat map"], "B2": ["B2", "B2 glyphs"],
-              "C1": ["C1"], "C2": ["C2", "C2 lines"], "C3": ["C3", "C3 lines"], "distance": ["distance"],
-              "D1": ["D1"], "D2": ["D2"], "D3": ["D3"], "D4": ["D4"], "D5": ["D5", "D5 threshold"]}
+VIEW_MARKS = {"A": ["A"], "B1": ["B1 line", "B1 values", "B1"], "B1 heat map": ["B1 heat map", "B1 heat map boxes"],
+              "B2": ["B2", "B2 glyphs"], "C1": ["C1"], "C2": ["C2", "C2 lines"], "C3": ["C3", "C3 lines"],
+              "distance": ["distance"], "D1": ["D1"], "D2": ["D2", "D2 attention", "D2 outlines"],
+              "D3": ["D3"], "D4": ["D4", "D4 row"], "D5": ["D5", "D5 threshold"]}
 IMPORTANCE = ["metric", "scope", "scope_class", "image", *SELECTION]
 
 
@@ -175,12 +176,19 @@ class ExplorerViews:
         # or image, and the views that are cheap to draw but change with every selection (B2,
         # C2, C3, D3, D5), drawn into Bokeh directly instead of re-rendered by HoloViews.
         # Several layers of one view are drawn in the order given.
-        layer = lambda fn, params, glyph=RINGS, tooltips=None: MarksLayer(  # noqa: E731
-            fn, d, s, params, glyph=glyph, tooltips=tooltips)
+        layer = lambda fn, params, glyph=RINGS, tooltips=None, **image: MarksLayer(  # noqa: E731
+            fn, d, s, params, glyph=glyph, tooltips=tooltips, **image)
+        values = ["metric", "scope", "scope_class", "image"]
         self.marks = {
             "A": layer(views.image_marker, ["image"]),
+            "B1 line": layer(views.head_importance_line, values, SEGMENTS),
+            "B1 values": layer(views.head_importance_values, values, DOTS,
+                               [("head", "L@layer H@head"), ("value", "@y{0.0000}")]),
             "B1": layer(views.head_importance_marks, IMPORTANCE),
-            "B1 heat map": layer(views.head_importance_boxes, SELECTION, QUADS),
+            "B1 heat map": layer(views.head_importance_cells, values, IMAGE,
+                                 [("layer", "$y{0}"), ("head", "$x{0}"), ("value", "@image{0.0000}")],
+                                 colours="linear", colour_bar=True),
+            "B1 heat map boxes": layer(views.head_importance_boxes, SELECTION, QUADS),
             "B2": layer(views.partial_pruning_bars, IMPORTANCE, QUADS,
                         [("head", "@head"), ("mode", "@mode"), ("value", "@value{0.0000}")]),
             "B2 glyphs": layer(views.partial_pruning_glyphs, [*IMPORTANCE, "mode"], QUADS),
@@ -193,9 +201,16 @@ class ExplorerViews:
             "C3 lines": layer(views.entropy_of_image, ["image", *SELECTION], SEGMENTS),
             "distance": layer(views.distance_marks, SELECTION),
             "D1": layer(views.pattern_highlight, ["space", *SELECTION]),
-            "D2": layer(views.image_attention_outlines, DETAIL, QUADS),
+            "D2": layer(views.image_picture, ["image"], RGBA),
+            "D2 attention": layer(views.image_attention, ["image", "head", "source_token"],
+                                  (IMAGE[0], {**IMAGE[1], "global_alpha": 0.65}),
+                                  [("attention", "@image{0.0000}")], colours="linear", colour_bar=True),
+            "D2 outlines": layer(views.image_attention_outlines, DETAIL, QUADS),
             "D3": layer(views.attention_links, DETAIL, SEGMENTS),
-            "D4": layer(views.attention_matrix_row, ["source_token"], QUADS),
+            "D4": layer(views.attention_matrix, ["image", "head"], IMAGE,
+                        [("source", "$y{0}"), ("target", "$x{0}"), ("attention", "@image{0.0000}")],
+                        colours="eq_hist", colour_bar=True, nan_colour="white"),
+            "D4 row": layer(views.attention_matrix_row, ["source_token"], QUADS),
             "D5": layer(views.attention_histogram, ["image", "head"], QUADS,
                         [("attention", "@attention{0.00}"), ("count", "@count")]),
             "D5 threshold": layer(views.attention_threshold, ["image", "head", "threshold"], SEGMENTS),
@@ -208,13 +223,10 @@ class ExplorerViews:
         self._on("A", streams.Selection1D(source=points), self._image_selected)
 
         # B
-        values = ["metric", "scope", "scope_class", "image"]
-        self.b1_line = dynamic(views.head_importance_values, d, s, values,
-                               self._on("B1", streams.Tap(), self._b1_tap)).opts(
-            hv.opts.Overlay(hooks=hooks["B1"], **views.b1_line_options(d)))
-        self.b1_heatmap = dynamic(views.head_importance_cells, d, s, values,
-                                  self._on("B1 heat map", streams.Tap(), self._heatmap_tap)).opts(
-            hooks=hooks["B1 heat map"], **views.heatmap_options(d))
+        self.b1_line = views.head_importance_frame(d).opts(hooks=hooks["B1"])
+        self._on("B1", streams.Tap(source=self.b1_line), self._b1_tap)
+        self.b1_heatmap = views.head_importance_heatmap_frame(d).opts(hooks=hooks["B1 heat map"])
+        self._on("B1 heat map", streams.Tap(source=self.b1_heatmap), self._heatmap_tap)
         self.b2 = views.partial_pruning_frame(d).opts(hooks=hooks["B2"])
         self._on("B2", streams.Tap(source=self.b2), self._b2_tap)
         self.b3 = pn.pane.Markdown(pn.bind(lambda *_: views.top5_markdown(d, s), s.param.image,
@@ -239,11 +251,11 @@ class ExplorerViews:
         self._on("D1", streams.Selection1D(source=d1_heads), self._heads_selected)
         self.prototypes = dynamic(views.prototype_strip, d, s, ["space"],
                                   self._on("D1 prototypes", streams.Tap(), self._prototype_tap))
-        self.d2 = dynamic(views.image_attention, d, s, ["image", "head", "source_token"],
-                          self._on("D2", streams.Tap(), self._d2_tap)).opts(hv.opts.Overlay(hooks=hooks["D2"]))
+        self.d2 = views.image_attention_frame(d).opts(hooks=hooks["D2"])
+        self._on("D2", streams.Tap(source=self.d2), self._d2_tap)
         self.d3 = views.attention_links_frame(d).opts(hooks=hooks["D3"])
-        self.d4 = dynamic(views.attention_matrix, d, s, ["image", "head"],
-                          self._on("D4", streams.Tap(), self._d4_tap)).opts(hooks=hooks["D4"])
+        self.d4 = views.attention_matrix_frame(d).opts(hooks=hooks["D4"])
+        self._on("D4", streams.Tap(source=self.d4), self._d4_tap)
         self.d5 = views.attention_histogram_frame(d).opts(hooks=hooks["D5"])
         self._on("D5", streams.Tap(source=self.d5), self._d5_tap)
 

@@ -10,8 +10,11 @@ param watcher on the session's `ExplorerState` rewrites its columns and the figu
 the selection changes (for a served page, on the server's next tick, when the document may be
 changed). The HoloViews layers under it are untouched.
 
-A view function for marks returns a `Marks` (columns and title); `RINGS`, `QUADS` and `SEGMENTS` are the glyphs the explorer draws them with. D3's links, which change with every
-selection and have no range to follow, are a marks layer too.
+A view function for marks returns a `Marks` (columns, title, and what else of the figure it
+sets); `RINGS`, `DOTS`, `QUADS`, `SEGMENTS`, `IMAGE` and `RGBA` are the glyphs the explorer draws them
+with. Views that change with every selection and are simple to draw (D3's links, the bars and
+histograms of B1, B2, C2, C3, D5, the images of the heat map, D2 and D4) are drawn wholly in marks
+layers over an empty HoloViews frame that holds their axes and click streams.
 """
 
 from __future__ import annotations
@@ -20,11 +23,15 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
-from bokeh.models import ColumnDataSource, FixedTicker, HoverTool
+from bokeh.models import (ColorBar, ColumnDataSource, EqHistColorMapper, FixedTicker, HoverTool,
+                          LinearColorMapper)
+from bokeh.palettes import Greys256
 
 # (Bokeh glyph method, its arguments). Columns: x, y, ring (line colour), size.
 RINGS = ("scatter", dict(x="x", y="y", marker="circle", size="size", fill_alpha=0,
                          line_color="ring", line_width=3))
+# Filled dots; columns x, y, size, fill.
+DOTS = ("scatter", dict(x="x", y="y", marker="circle", size="size", fill_color="fill", line_color="fill"))
 # Boxes, filled and/or outlined; columns x0, y0, x1, y1, fill, alpha (of the fill), ring (line
 # colour), width (line width; 0: no outline).
 QUADS = ("quad", dict(left="x0", right="x1", bottom="y0", top="y1", fill_color="fill",
@@ -32,6 +39,11 @@ QUADS = ("quad", dict(left="x0", right="x1", bottom="y0", top="y1", fill_color="
 # Line segments; columns x0, y0, x1, y1, colour, alpha, width.
 SEGMENTS = ("segment", dict(x0="x0", y0="y0", x1="x1", y1="y1", line_color="colour",
                             line_alpha="alpha", line_width="width"))
+# Images; columns image (2-D arrays, row 0 at the bottom, as Bokeh draws them), x, y (lower left
+# corner in data coordinates), dw, dh (size). `IMAGE` maps values through the layer's colour
+# mapper; `RGBA` takes uint32 arrays of packed RGBA pixels.
+IMAGE = ("image", dict(image="image", x="x", y="y", dw="dw", dh="dh"))
+RGBA = ("image_rgba", dict(image="image", x="x", y="y", dw="dw", dh="dh"))
 
 
 @dataclass(frozen=True)
@@ -46,6 +58,9 @@ class Marks:
     y_range: tuple[float, float] | None = None
     y_ticks: list[float] | None = None
     y_label: str | None = None
+    palette: tuple[str, ...] | None = None      # an image's colours, low to high
+    colour_range: tuple[float, float] | None = None
+    colour_title: str | None = None             # the image's colour bar title
 
     def __post_init__(self):
         lengths = {k: len(v) for k, v in self.columns.items()}
@@ -54,10 +69,23 @@ class Marks:
 
 
 @dataclass
+class _Drawn:
+    """A marks layer on one figure: its data source and colour mapper (images only)."""
+
+    figure: object
+    source: ColumnDataSource
+    mapper: object | None = None
+
+
+@dataclass
 class MarksLayer:
     """A marks layer of one session: `fn(data, state) -> Marks` drawn with `glyph` (`RINGS`,
-    `QUADS`, `SEGMENTS`) on every figure whose HoloViews plot calls `hook`, redrawn when any of `params` of
-    the state changes.
+    `QUADS`, `SEGMENTS`, `IMAGE`, `RGBA`) on every figure whose HoloViews plot calls `hook`,
+    redrawn when any of `params` of the state changes.
+
+    `tooltips`: a hover tool for this glyph. `colours` ("linear" or "eq_hist"): an `IMAGE`
+    layer's colour mapper (palette and range from each `Marks`), with a colour bar if
+    `colour_bar`, and `nan_colour` for missing values.
 
     Use `element.opts(hooks=[layer.hook])` on the view (on the overlay for an overlay), so the
     hook runs after HoloViews has drawn or updated the figure."""
@@ -67,21 +95,30 @@ class MarksLayer:
     state: object = field(repr=False)
     params: list[str]
     glyph: tuple[str, dict] = RINGS
-    tooltips: list[tuple[str, str]] | None = None  # a hover tool for this glyph, if given
-    _drawn: list[tuple[object, ColumnDataSource]] = field(default_factory=list, init=False, repr=False)
+    tooltips: list[tuple[str, str]] | None = None
+    colours: str | None = None
+    colour_bar: bool = False
+    nan_colour: str = "rgba(0, 0, 0, 0)"
+    _drawn: list[_Drawn] = field(default_factory=list, init=False, repr=False)
     _scheduled: set = field(default_factory=set, init=False, repr=False)
 
     def __post_init__(self):
+        if self.colours not in (None, "linear", "eq_hist"):
+            raise ValueError(f"colours must be None, 'linear' or 'eq_hist', not {self.colours!r}")
         self.state.param.watch(self._redraw, list(self.params))
 
     @property
     def figures(self) -> list:
         """The Bokeh figures this layer draws on."""
-        return [figure for figure, _ in self._drawn]
+        return [d.figure for d in self._drawn]
 
     def source(self, figure) -> ColumnDataSource | None:
         """The data source of this layer's glyph on `figure` (None if not drawn there)."""
-        return next((source for f, source in self._drawn if f is figure), None)
+        return next((d.source for d in self._drawn if d.figure is figure), None)
+
+    def colour_mapper(self, figure):
+        """The colour mapper of this (image) layer on `figure` (None if it has none)."""
+        return next((d.mapper for d in self._drawn if d.figure is figure), None)
 
     def hook(self, plot, element) -> None:
         """HoloViews hook: make sure the figure has this layer, then draw the current marks
@@ -89,21 +126,32 @@ class MarksLayer:
         figure = plot.state
         marks = self.fn(self.data, self.state)
         sources = [getattr(r, "data_source", None) for r in figure.renderers]
-        if not any(f is figure and source in sources for f, source in self._drawn):
-            source = ColumnDataSource(data=_columns(marks))
-            method, options = self.glyph
-            renderer = getattr(figure, method)(source=source, **options)
-            # A tap or box selection on the view must not fade the marks.
-            renderer.nonselection_glyph = renderer.glyph
-            if self.tooltips:
-                figure.add_tools(HoverTool(renderers=[renderer], tooltips=self.tooltips))
-            self._drawn = [(f, s) for f, s in self._drawn if f is not figure] + [(figure, source)]
+        if not any(d.figure is figure and d.source in sources for d in self._drawn):
+            self._drawn = [d for d in self._drawn if d.figure is not figure] + [self._add(figure, marks)]
         self._draw(marks, [figure])
+
+    def _add(self, figure, marks: Marks) -> _Drawn:
+        source = ColumnDataSource(data=_columns(marks))
+        method, options = self.glyph
+        mapper = None
+        if self.colours is not None:
+            kind = EqHistColorMapper if self.colours == "eq_hist" else LinearColorMapper
+            mapper = kind(palette=list(marks.palette or Greys256), nan_color=self.nan_colour)
+            options = {**options, "color_mapper": mapper}
+            if self.colour_bar:
+                figure.add_layout(ColorBar(color_mapper=mapper, width=10, title_text_font_size="8pt",
+                                           major_label_text_font_size="8pt"), "right")
+        renderer = getattr(figure, method)(source=source, **options)
+        # A tap or box selection on the view must not fade the marks.
+        renderer.nonselection_glyph = renderer.glyph
+        if self.tooltips:
+            figure.add_tools(HoverTool(renderers=[renderer], tooltips=self.tooltips))
+        return _Drawn(figure, source, mapper)
 
     def _redraw(self, *events) -> None:
         marks = None
-        for figure, _ in self._drawn:
-            document = figure.document
+        for drawn in self._drawn:
+            document = drawn.figure.document
             if document is not None and document.session_context is not None:
                 # A served figure may change only under its document's lock: on the server's
                 # next tick, drawing the selection as it is then.
@@ -113,7 +161,7 @@ class MarksLayer:
                 continue
             if marks is None:
                 marks = self.fn(self.data, self.state)
-            self._draw(marks, [figure])
+            self._draw(marks, [drawn.figure])
 
     def _draw_served(self, document) -> None:
         self._scheduled.discard(document)
@@ -122,25 +170,39 @@ class MarksLayer:
             self._draw(self.fn(self.data, self.state), figures)
 
     def _draw(self, marks: Marks, figures: list) -> None:
-        for figure, source in self._drawn:
-            if any(figure is f for f in figures):
-                source.data = _columns(marks)
-                if marks.title is not None:
-                    figure.title.text = marks.title
-                for axis_range, span in ((figure.x_range, marks.x_range), (figure.y_range, marks.y_range)):
-                    if span is not None:
-                        axis_range.start, axis_range.end = (float(v) for v in span)
-                if marks.y_label is not None:
-                    for axis in figure.yaxis:
-                        axis.axis_label = marks.y_label
-                if marks.y_ticks is not None:
-                    ticks = [float(t) for t in marks.y_ticks]
-                    for axis in figure.yaxis:
-                        if isinstance(axis.ticker, FixedTicker):
-                            axis.ticker.ticks = ticks
-                        else:
-                            axis.ticker = FixedTicker(ticks=ticks)
+        for drawn in self._drawn:
+            figure = drawn.figure
+            if not any(figure is f for f in figures):
+                continue
+            drawn.source.data = _columns(marks)
+            if marks.title is not None:
+                figure.title.text = marks.title
+            for axis_range, span in ((figure.x_range, marks.x_range), (figure.y_range, marks.y_range)):
+                if span is not None:
+                    axis_range.start, axis_range.end = (float(v) for v in span)
+            if marks.y_label is not None:
+                for axis in figure.yaxis:
+                    axis.axis_label = marks.y_label
+            if marks.y_ticks is not None:
+                ticks = [float(t) for t in marks.y_ticks]
+                for axis in figure.yaxis:
+                    if isinstance(axis.ticker, FixedTicker):
+                        axis.ticker.ticks = ticks
+                    else:
+                        axis.ticker = FixedTicker(ticks=ticks)
+            if drawn.mapper is not None:
+                if marks.palette is not None and list(marks.palette) != list(drawn.mapper.palette):
+                    drawn.mapper.palette = list(marks.palette)
+                if marks.colour_range is not None:
+                    drawn.mapper.low, drawn.mapper.high = (float(v) for v in marks.colour_range)
+                if marks.colour_title is not None:
+                    for bar in figure.right:
+                        if isinstance(bar, ColorBar) and bar.color_mapper is drawn.mapper:
+                            bar.title = marks.colour_title
 
 
-def _columns(marks: Marks) -> dict[str, np.ndarray]:
-    return {k: np.asarray(v) for k, v in marks.columns.items()}
+def _columns(marks: Marks) -> dict[str, np.ndarray | list]:
+    """The data source's columns: arrays, except a column of images, which Bokeh wants as a
+    list of 2-D arrays."""
+    return {k: list(v) if isinstance(v, list) and v and isinstance(v[0], np.ndarray) else np.asarray(v)
+            for k, v in marks.columns.items()}

@@ -120,9 +120,29 @@ def _polylines(lines: list[tuple[np.ndarray, np.ndarray]], colour: str, width: f
                      colour, 1.0, width)
 
 
+def _image(values: np.ndarray, x0: float, y0: float, width: float, height: float, cmap: str,
+           title: str | None = None, colour_title: str | None = None) -> Marks:
+    """An image (`marks.IMAGE`) of `values` whose row 0 is the top row, over the box with lower
+    left corner `(x0, y0)`; colours from the HoloViews colour map `cmap` over the values' range."""
+    values = np.asarray(values, np.float64)
+    finite = values[np.isfinite(values)]
+    low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    if high - low < 1e-12:
+        low, high = low - 1e-6, high + 1e-6
+    return Marks({"image": [values[::-1]], "x": [float(x0)], "y": [float(y0)], "dw": [float(width)],
+                  "dh": [float(height)]}, title, palette=tuple(_palette(cmap)), colour_range=(low, high),
+                 colour_title=colour_title)
+
+
+def _palette(cmap: str) -> list[str]:
+    from holoviews.plotting.util import process_cmap
+
+    return process_cmap(cmap, 256)
+
+
 def chart_frame(x_label: str, y_label: str, *, logy: bool = False, **options) -> hv.Curve:
     """An empty chart (axes, labels, size) for a view drawn wholly in marks layers."""
-    return hv.Curve([], x_label, y_label).opts(logy=logy, toolbar=None, **options)
+    return hv.Curve([], x_label, y_label).opts(**{"logy": logy, "toolbar": None, **options})
 
 
 # A: image overview -------------------------------------------------------------------------
@@ -170,22 +190,43 @@ def _metric_title(data: RunData, state: ExplorerState) -> str:
     return f"{state.metric} · {scope}"
 
 
-def head_importance_values(data: RunData, state: ExplorerState) -> hv.Overlay:
-    """B1: the metric of every head pruned alone, over the flat head index (x = layer * heads
-    + head); the dashed line is the unpruned value. Independent of the head selection."""
+def head_importance_frame(data: RunData) -> hv.Curve:
+    """B1's axes (x = layer * heads + head, one tick per layer); `head_importance_line`,
+    `head_importance_values` and `head_importance_marks` draw it."""
+    n = data.num_heads_total
+    return chart_frame("head (layer * heads + head)", "value", width=620, height=230, show_grid=True,
+                       toolbar="above", xlim=(-0.5, n - 0.5), tools=["tap"],
+                       xticks=[(l * data.num_heads, f"L{l}") for l in range(data.depth)])
+
+
+def head_importance_line(data: RunData, state: ExplorerState) -> Marks:
+    """B1: the line through every head's value and, thin grey, the unpruned value
+    (`marks.SEGMENTS`). Independent of the head selection."""
     hv_values = data.head_values(state.metric, state.scope, state.image, state.scope_class)
-    values = hv_values.values.reshape(-1)
+    values = hv_values.values.reshape(-1).astype(np.float64)
+    x = np.arange(len(values), dtype=np.float64)
+    line = _polylines([(x, values)], BAR)
+    baseline = float(hv_values.baseline) if hv_values.baseline is not None else np.nan
+    base = _segments([x[0]], baseline, [x[-1]], baseline, "grey", 0.8, 1.0)
+    return Marks({k: np.concatenate([base[k], line[k]]) for k in line})
+
+
+def head_importance_values(data: RunData, state: ExplorerState) -> Marks:
+    """B1: the metric of every head pruned alone as dots over the flat head index (`marks.DOTS`,
+    x = layer * heads + head); the y range fits the values and the unpruned value. Independent
+    of the head selection."""
+    hv_values = data.head_values(state.metric, state.scope, state.image, state.scope_class)
+    values = hv_values.values.reshape(-1).astype(np.float64)
     x = np.arange(len(values))
     layer, head = np.divmod(x, data.num_heads)
-    table = {"head_index": x, "value": values, "layer": layer, "head": head}
-    vdims = ["value", "layer", "head"]
-    baseline = hv_values.baseline if hv_values.baseline is not None else np.nan
-    base = hv.Curve(([x[0], x[-1]], [baseline, baseline]), "head_index", "value").opts(
-        color="grey", line_dash="dashed", line_width=1)
-    line = hv.Curve(table, "head_index", vdims).opts(color=BAR, line_width=2)
-    dots = hv.Scatter(table, "head_index", vdims).opts(
-        color=BAR, size=5, tools=["hover", "tap"], nonselection_alpha=1.0, ylabel=state.metric)
-    return base * line * dots
+    shown = values[np.isfinite(values)]
+    if hv_values.baseline is not None and np.isfinite(hv_values.baseline):
+        shown = np.append(shown, float(hv_values.baseline))
+    lo, hi = (float(shown.min()), float(shown.max())) if shown.size else (0.0, 1.0)
+    pad = 0.05 * (hi - lo) or 0.05 * (abs(hi) or 1.0)
+    return Marks({"x": x.astype(np.float64), "y": values, "size": np.full(len(x), 5.0),
+                  "fill": np.asarray([BAR] * len(x), dtype=object), "layer": layer, "head": head},
+                 y_range=(lo - pad, hi + pad), y_label=state.metric)
 
 
 def head_importance_marks(data: RunData, state: ExplorerState) -> Marks:
@@ -197,24 +238,23 @@ def head_importance_marks(data: RunData, state: ExplorerState) -> Marks:
                   f"B1 · {_metric_title(data, state)} · selected {data.head_name(state.head)}", big=14)
 
 
-B1_LINE_OPTIONS = dict(width=620, height=230, show_grid=True, xlabel="head (layer * heads + head)",
-                       toolbar="above", show_legend=False)
-
-
-def b1_line_options(data: RunData) -> dict:
-    return dict(xticks=[(l * data.num_heads, f"L{l}") for l in range(data.depth)], **B1_LINE_OPTIONS)
-
-
-def head_importance_cells(data: RunData, state: ExplorerState) -> hv.Image:
-    """B1 as a layers x heads heat map (array drawn bottom-up; the app inverts the y axis so
+def head_importance_cells(data: RunData, state: ExplorerState) -> Marks:
+    """B1 as a layers x heads heat map (`marks.IMAGE`; the frame's y axis is inverted so that
     layer 0 is on top). Independent of the head selection."""
     values = data.head_values(state.metric, state.scope, state.image, state.scope_class).values
     L, H = values.shape
-    return hv.Image(values[::-1], bounds=(-0.5, -0.5, H - 0.5, L - 0.5),
-                    kdims=["head", "layer"], vdims=[state.metric if state.metric != "correct"
-                                                    else "accuracy"]).opts(
-        cmap="Blues_r" if state.metric in ("probability", "correct") else "Blues",
-        colorbar=True, tools=["hover", "tap"])
+    return _image(values[::-1], -0.5, -0.5, H, L, "Blues_r" if state.metric in ("probability", "correct") else "Blues",
+                  colour_title="accuracy" if state.metric == "correct" else state.metric)
+
+
+def head_importance_heatmap_frame(data: RunData) -> hv.Curve:
+    """The heat map's axes (layer 0 on top); `head_importance_cells` and
+    `head_importance_boxes` draw it."""
+    H, L = data.num_heads, data.depth
+    return chart_frame("head", "layer", width=290, height=230, invert_yaxis=True,
+                       xlim=(-0.5, H - 0.5), ylim=(-0.5, L - 0.5),
+                       xticks=list(range(H)) if H <= 16 else 8, yticks=list(range(L)) if L <= 16 else 8,
+                       tools=["tap"])
 
 
 def head_importance_boxes(data: RunData, state: ExplorerState) -> Marks:
@@ -225,12 +265,6 @@ def head_importance_boxes(data: RunData, state: ExplorerState) -> Marks:
     return _quads(head - 0.5, layer - 0.5, head + 0.5, layer + 0.5,
                   f"B1 · layers x heads · L{state.layer}H{state.head_in_layer}",
                   ring=[HIGHLIGHT] + [SECONDARY] * (len(heads) - 1))
-
-
-def heatmap_options(data: RunData) -> dict:
-    H, L = data.num_heads, data.depth
-    return dict(width=290, height=230, invert_yaxis=True, xticks=list(range(H)) if H <= 16 else 8,
-                yticks=list(range(L)) if L <= 16 else 8, toolbar=None)
 
 
 def _b2_layout(data: RunData, state: ExplorerState):
@@ -531,21 +565,31 @@ def _token_of_patch(data: RunData, row: int, col: int) -> int:
     return data.num_prefix + row * data.grid[1] + col
 
 
-def image_attention(data: RunData, state: ExplorerState) -> hv.Overlay:
-    """D2: the selected image with the selected source token's attention over the patches
-    (orange for a patch source, blue for CLS). `image_attention_outlines` marks the source and
-    target patches. Click a patch to make it the source."""
+def image_attention_frame(data: RunData) -> hv.Curve:
+    """D2's axes (the patch grid); `image_picture`, `image_attention` and
+    `image_attention_outlines` draw it. Click a patch to make it the source."""
     rows, cols = data.grid
-    thumb = np.asarray(data.thumbnails[state.image])
+    return chart_frame("col", "row", width=310, height=310, xaxis=None, yaxis=None,
+                       xlim=(0, cols), ylim=(0, rows), tools=["tap"])
+
+
+def image_picture(data: RunData, state: ExplorerState) -> Marks:
+    """D2: the selected image (its thumbnail, `marks.RGBA`) over the patch grid."""
+    rows, cols = data.grid
+    thumb = np.asarray(data.thumbnails[state.image], np.uint8)
     rgb = np.repeat(thumb, 3, axis=-1) if thumb.shape[-1] == 1 else thumb[..., :3]
-    picture = hv.RGB(rgb, bounds=(0, 0, cols, rows), kdims=["col", "row"])
+    rgba = np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)])
+    packed = np.ascontiguousarray(rgba[::-1]).view(np.uint32)[..., 0]
+    return Marks({"image": [packed], "x": [0.0], "y": [0.0], "dw": [float(cols)], "dh": [float(rows)]})
+
+
+def image_attention(data: RunData, state: ExplorerState) -> Marks:
+    """D2: the selected source token's attention over the patches (`marks.IMAGE`, orange for a
+    patch source, blue for CLS)."""
+    rows, cols = data.grid
     weights, _ = _source_weights(data, state)
     is_cls = state.source_token < data.num_prefix
-    overlay = hv.Image(weights, bounds=(0, 0, cols, rows), kdims=["col", "row"], vdims=["attention"]).opts(
-        cmap="Blues" if is_cls else "Oranges", alpha=0.65, clipping_colors={"NaN": (0, 0, 0, 0)},
-        tools=["hover", "tap"], colorbar=True)
-    return (picture * overlay).opts(hv.opts.Overlay(
-        width=310, height=310, xaxis=None, yaxis=None, toolbar=None))
+    return _image(weights, 0, 0, cols, rows, "Blues" if is_cls else "Oranges", colour_title="attention")
 
 
 def _source_weights(data: RunData, state: ExplorerState) -> tuple[np.ndarray, str]:
@@ -614,20 +658,24 @@ def attention_links(data: RunData, state: ExplorerState) -> Marks:
                  f"(top: source l+1, bottom: target l)")
 
 
-def attention_matrix(data: RunData, state: ExplorerState) -> hv.Image:
-    """D4: the primary head's token x token attention on the selected image (rows: source /
-    query tokens, top to bottom; columns: target / key tokens); `attention_matrix_row` marks
-    the source row. Click a row to choose the source token."""
+def attention_matrix_frame(data: RunData) -> hv.Curve:
+    """D4's axes (source rows top to bottom); `attention_matrix` and `attention_matrix_row`
+    draw it. Click a row to choose the source token."""
+    T = data.num_tokens
+    return chart_frame("target", "source", width=340, height=310, invert_yaxis=True,
+                       xlim=(-0.5, T - 0.5), ylim=(-0.5, T - 0.5), tools=["tap"])
+
+
+def attention_matrix(data: RunData, state: ExplorerState) -> Marks:
+    """D4: the primary head's token x token attention on the selected image (`marks.IMAGE`,
+    rows: source / query tokens, top to bottom; columns: target / key tokens)."""
     matrix, source = _head_attention(data, state)
     T = data.num_tokens
     if matrix is None:
         matrix = np.full((T, T), np.nan)
-    return hv.Image(matrix[::-1], bounds=(-0.5, -0.5, T - 0.5, T - 0.5),
-                    kdims=["target", "source"], vdims=["attention"]).opts(
-        cmap="Oranges", cnorm="eq_hist", colorbar=True, tools=["hover", "tap"],
-        clipping_colors={"NaN": "white"},
-        title=f"D4 · attention matrix · {data.head_name(state.head)} · image {data.ids[state.image]}",
-        width=340, height=310, invert_yaxis=True, toolbar=None)
+    # Row 0 (the CLS query) on top: the frame's y axis is inverted.
+    return _image(matrix[::-1], -0.5, -0.5, T, T, "Oranges", colour_title="attention",
+                  title=f"D4 · attention matrix · {data.head_name(state.head)} · image {data.ids[state.image]}")
 
 
 def attention_matrix_row(data: RunData, state: ExplorerState) -> Marks:

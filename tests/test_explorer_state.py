@@ -71,7 +71,7 @@ def test_image_selection_changes_b1_to_that_images_store_data(data, arrays):
     a, b = 0, int(np.argmax(np.abs(flat - flat[:, :1]).max(axis=0)))
     assert a != b
     state = ExplorerState(data, image=a)
-    line = lambda: views.head_importance_values(data, state).get(1).dimension_values("value")  # noqa: E731
+    line = lambda: views.head_importance_values(data, state).columns["y"]  # noqa: E731
     np.testing.assert_allclose(line(), flat[:, a], rtol=1e-6)
     state.select_image(b)
     np.testing.assert_allclose(line(), flat[:, b], rtol=1e-6)
@@ -257,19 +257,17 @@ def test_axes_follow_the_data_of_the_new_selection(linked, data):
     state.select_head(head)
     assert covered(plots["C2"], data.hop_profiles(image, [head])[0])
     cells = data.head_values("probability", "image", image).values
-    heat = plots["B1 heat map"]
-    mapper = next(p.handles["color_mapper"] for p in [heat, *(heat.subplots or {}).values()]
-                  if "color_mapper" in p.handles)
+    mapper = v.marks["B1 heat map"].colour_mapper(plots["B1 heat map"].state)
     assert mapper.low <= cells.min() + 1e-9 and mapper.high >= cells.max() - 1e-9
 
 
 def test_marks_follow_the_selection_in_the_served_figures(linked, data):
-    """The selection marks are drawn straight into the Bokeh figures the server holds: a
-    selection rewrites their data and the titles, and a re-render of the view underneath (a
-    metric change re-renders B1 through HoloViews) keeps them, once, with the new values."""
+    """The marks layers are drawn straight into the Bokeh figures the server holds: a selection
+    rewrites their data and the titles, and a re-render of the HoloViews view underneath (an
+    image change re-renders C1's dots) keeps them, once, with the new values."""
     state, v = linked
     renderer = hv.renderer("bokeh")
-    figures = {name: renderer.get_plot(v.plots[name]).state for name in ("B1", "B1 heat map", "D3")}
+    figures = {name: renderer.get_plot(v.plots[name]).state for name in ("B1", "B1 heat map", "C1", "D3")}
     H = data.num_heads
     a, b = 1, data.num_heads_total - 2
     state.select_heads([a, b])
@@ -279,14 +277,24 @@ def test_marks_follow_the_selection_in_the_served_figures(linked, data):
     np.testing.assert_allclose(b1.data["y"], values("probability")[[a, b]])
     assert list(b1.data["ring"]) == [views.HIGHLIGHT, views.SECONDARY]
     assert f"selected {data.head_name(a)}" in figures["B1"].title.text
-    heat = v.marks["B1 heat map"].source(figures["B1 heat map"])
+    heat = v.marks["B1 heat map boxes"].source(figures["B1 heat map"])
     np.testing.assert_allclose(heat.data["x0"], np.array([a, b]) % H - 0.5)
     np.testing.assert_allclose(heat.data["y0"], np.array([a, b]) // H - 0.5)
-
+    # A metric change redraws B1's dots, rings, y range and y label.
     state.metric = "kl"
-    assert sum(getattr(r, "data_source", None) is b1 for r in figures["B1"].renderers) == 1
     np.testing.assert_allclose(b1.data["y"], values("kl")[[a, b]])
+    np.testing.assert_allclose(v.marks["B1 values"].source(figures["B1"]).data["y"], values("kl"))
     assert figures["B1"].title.text.startswith("B1 · kl") and data.head_name(a) in figures["B1"].title.text
+    assert figures["B1"].yaxis[0].axis_label == "kl"
+    y = figures["B1"].y_range
+    assert y.start <= np.nanmin(values("kl")) and y.end >= np.nanmax(values("kl"))
+
+    c1 = v.marks["C1"].source(figures["C1"])
+    state.select_image(5)
+    entropy = data.entropy_per_head("image", 5).reshape(-1)
+    assert sum(getattr(r, "data_source", None) is c1 for r in figures["C1"].renderers) == 1
+    np.testing.assert_allclose(c1.data["y"], entropy[[a, b]], rtol=1e-6)
+    assert data.ids[5] in figures["C1"].title.text
 
     # D3's links are a marks layer: every weight at or above the threshold, up to MAX_LINKS.
     state.select_image(sorted(data.kept)[0])

@@ -56,7 +56,7 @@ def test_every_view_renders(which, request):
     for metric in METRICS:
         for scope in SCOPES:
             state.param.update(metric=metric, scope=scope)
-            hv.render(views.head_importance_values(data, state))
+            assert np.isfinite(views.head_importance_values(data, state).columns["y"]).all()
             assert data.head_name(state.head) in views.head_importance_marks(data, state).title
             bars = views.partial_pruning_bars(data, state)
             assert metric in bars.title or metric in ("taylor", "confidence")
@@ -70,8 +70,8 @@ def test_every_view_renders(which, request):
         assert space in views.pattern_highlight(data, state).title
         hv.render(views.prototype_strip(data, state))
     state.source_token = data.num_tokens - 1
-    assert hv.render(views.attention_matrix(data, state)).title.text
-    hv.render(views.image_attention(data, state))
+    assert views.attention_matrix(data, state).columns["image"][0].shape == (data.num_tokens,) * 2
+    assert views.image_attention(data, state).columns["image"][0].shape == data.grid
     assert views.attention_histogram(data, state).columns["count"].sum() == data.num_tokens ** 2
     for fn in (views.image_attention_outlines, views.attention_links, views.attention_threshold,
                views.hop_profile_bars, views.entropy_distribution):
@@ -89,8 +89,7 @@ def test_timm_run_has_its_own_grid_and_no_labels(timm_run):
     assert (data.prediction[members] == data.prediction[0]).all()
     state.scope = "class"
     assert "class" in views.head_importance_marks(data, state).title
-    d2 = views.image_attention(data, state)
-    weights = d2.get(1).dimension_values("attention", flat=False)
+    weights = views.image_attention(data, state).columns["image"][0]
     assert weights.shape == (4, 4)
 
 
@@ -124,11 +123,14 @@ def test_b1_shows_the_stored_metric(data, raw, metric, scope):
         "confidence": lambda: raw["strength"]["confidence"][members].mean(0),
     }[metric]().reshape(-1)
     state = ExplorerState(data, image=image, metric=metric, scope=scope)
-    line = views.head_importance_values(data, state).get(1)
-    np.testing.assert_allclose(line.dimension_values("value"), expected, rtol=1e-5, atol=1e-7)
-    heat = views.head_importance_cells(data, state)
-    # The heat map's array is drawn bottom-up (layer 0 in the last row, then the y axis inverted).
-    np.testing.assert_allclose(heat.data[::-1].reshape(-1), expected, rtol=1e-5, atol=1e-7)
+    dots = views.head_importance_values(data, state).columns
+    np.testing.assert_allclose(dots["y"], expected, rtol=1e-5, atol=1e-7)
+    line = views.head_importance_line(data, state).columns  # the unpruned value, then the line
+    np.testing.assert_allclose(line["y0"][1:], expected[:-1], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(line["y1"][1:], expected[1:], rtol=1e-5, atol=1e-7)
+    heat = views.head_importance_cells(data, state).columns["image"][0]
+    # Bokeh draws row 0 at the bottom of the box; the frame's y axis is inverted: layer 0 on top.
+    np.testing.assert_allclose(heat.reshape(-1), expected, rtol=1e-5, atol=1e-7)
 
 
 def test_b2_bars_and_glyphs(data, raw):
@@ -158,8 +160,8 @@ def test_d_views_show_the_heads_attention(data):
     kept = sorted(data.kept)[0]
     state = ExplorerState(data, image=kept, head=data.num_heads + 1, heads=[data.num_heads + 1])
     attention = data.run.attention(kept)[1, 1]
-    matrix = views.attention_matrix(data, state)
-    np.testing.assert_allclose(matrix.data[::-1], attention, rtol=1e-6)
+    matrix = views.attention_matrix(data, state).columns["image"][0]  # row 0 (CLS) on top: inverted axis
+    np.testing.assert_allclose(matrix, attention, rtol=1e-6)
     state.threshold = float(np.quantile(attention, 0.9))
     links = views.attention_links(data, state).columns
     assert len(links["x0"]) == min(views.MAX_LINKS, int((attention >= state.threshold).sum()))
@@ -173,9 +175,14 @@ def test_d_views_show_the_heads_attention(data):
     hist = views.attention_histogram(data, state)
     assert hist.columns["count"].sum() == attention.size
     state.source_token = data.num_prefix + 5
-    d2 = views.image_attention(data, state)
+    d2 = views.image_attention(data, state).columns["image"][0][::-1]  # drawn bottom row first
     rows, cols = data.grid
-    np.testing.assert_allclose(d2.get(1).data, attention[data.num_prefix + 5, data.num_prefix:].reshape(rows, cols))
+    np.testing.assert_allclose(d2, attention[data.num_prefix + 5, data.num_prefix:].reshape(rows, cols))
+    picture = views.image_picture(data, state).columns["image"][0]
+    thumb = np.asarray(data.thumbnails[state.image])
+    assert picture.shape == thumb.shape[:2] and picture.dtype == np.uint32
+    red = picture[::-1].view(np.uint8).reshape(*thumb.shape[:2], 4)[..., 0]  # RGBA bytes, top row first
+    np.testing.assert_array_equal(red, thumb[..., 0])
     targets = int((attention[data.num_prefix + 5, data.num_prefix:] >= state.threshold).sum())
     assert len(views.image_attention_outlines(data, state).columns["x0"]) == targets + 1  # and the source
 
