@@ -1,12 +1,13 @@
 """Server-side time of a selection round trip in the explorer.
 
 Builds one session of the app in-process for a run (default: the demo run), renders the whole
-page into Bokeh models (as `panel serve` does for a new browser tab), then changes the
-selection on the session's state and times until every dependent view has re-rendered (the
-Params streams re-render the plots synchronously when no server event loop is running; the
-script checks that the titles did change). Prints median and p95 per kind of selection, and
-their ratio to two baselines measured in the same process: the first render of the page, and
-re-reading the run from disk.
+page into Bokeh models in a Bokeh document (as `panel serve` does for a new browser tab), then
+changes the selection on the session's state and times until every dependent view has
+re-rendered and the document patch the server would send to the browser is serialised (without
+a server event loop the HoloViews streams and the marks layers redraw synchronously; the script
+checks that the titles did change). Prints median and p95 per kind of selection, the patch
+size, and their ratio to two baselines measured in the same process: the first render of the
+page, and re-reading the run from disk.
 
     python benchmarks/explorer_roundtrip.py [--runs runs] [--run demo] [--repeats 30]
 """
@@ -49,10 +50,26 @@ def main(argv: list[str] | None = None) -> int:
     RunData(path)
     reread = time.perf_counter() - start
 
+    from bokeh.document import Document
+    from bokeh.protocol import Protocol
+
     start = time.perf_counter()
     app = build_app(args.runs, args.run)
-    root = pn.panel(app.main).get_root()
+    document = Document()
+    root = pn.panel(app.main).get_root(document)
+    document.add_root(root)
     first_render = time.perf_counter() - start
+    events = []
+    document.on_change(events.append)
+    protocol = Protocol()
+
+    def patch_bytes() -> int:
+        """Serialise the changes since the last call, as the server's PATCH-DOC message."""
+        if not events:
+            return 0
+        message = protocol.create("PATCH-DOC", list(events))
+        events.clear()
+        return len(message.content_json) + sum(len(b.data) for b in message.buffers)
 
     state, data = app.state, app.state.data
     c2_title = _title_getter(root, "C2 ·")
@@ -66,24 +83,27 @@ def main(argv: list[str] | None = None) -> int:
     # Warm up every path once (JIT of live attention, caches), as a session does on first use.
     for change in kinds.values():
         change(0)
-    results = {}
+    patch_bytes()
+    results, sizes = {}, {}
     for kind, change in kinds.items():
-        times = []
+        times, size = [], []
         for i in range(args.repeats):
             start = time.perf_counter()
             change(i + 1)
+            size.append(patch_bytes())
             times.append(time.perf_counter() - start)
             # The views re-render inside the change; if they did not, the timing is meaningless.
             assert data.head_name(state.head) in c2_title() and data.ids[state.image] in c2_title(), \
                 "C2 did not re-render synchronously"
         results[kind] = _ms(times)
+        sizes[kind] = float(np.median(size))
 
     print(f"run {path} ({data.num_images} images, {data.depth}x{data.num_heads} heads, "
           f"{data.num_tokens} tokens); {args.repeats} round trips per kind")
     print(f"baseline: first render of the page {first_render * 1e3:.0f} ms; "
           f"re-reading the run from disk {reread * 1e3:.0f} ms")
     for kind, (median, p95) in results.items():
-        print(f"{kind:28s} median {median:7.1f} ms  p95 {p95:7.1f} ms  "
+        print(f"{kind:28s} median {median:7.1f} ms  p95 {p95:7.1f} ms  patch {sizes[kind] / 1e3:6.1f} kB  "
               f"= {median / (first_render * 1e3):.3f} x first render, "
               f"{median / (reread * 1e3):.2f} x re-read")
     return 0

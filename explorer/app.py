@@ -139,18 +139,15 @@ def demo_sweep(out: Path, sweep_args: tuple[str, ...] = ()) -> SweepJob:
 # Linking helpers ------------------------------------------------------------------------------
 
 def dynamic(fn, data: RunData, state: ExplorerState, params: list[str],
-            clicks: streams.Stream | None = None, framewise: bool = True) -> hv.DynamicMap:
-    """A DynamicMap of `fn(data, state)` that re-renders when any of `params` changes.
-
-    `framewise`: axis and colour ranges follow each new frame (a new image's B1 line may lie
-    wholly outside the first one's range); off only where the extent never changes and the
-    user's zoom should survive a selection (the image overview).
-    `clicks` (a `Tap`) is given to the DynamicMap itself rather than linked by `source=`:
-    HoloViews does not attach a sourced stream to a DynamicMap that returns an overlay.
+            clicks: streams.Stream | None = None) -> hv.DynamicMap:
+    """A DynamicMap of `fn(data, state)` that re-renders when any of `params` changes (the
+    D1 views, which change only with the pattern space); axis and colour ranges follow each
+    frame. `clicks` (a `Tap`) is given to the DynamicMap itself rather than linked by
+    `source=`: HoloViews does not attach a sourced stream to a DynamicMap that returns an
+    overlay.
     """
     def frame(**_):
-        element = fn(data, state)
-        return element.map(lambda e: e.opts(framewise=True), hv.Element) if framewise else element
+        return fn(data, state).map(lambda e: e.opts(framewise=True), hv.Element)
 
     return hv.DynamicMap(frame, streams=[streams.Params(state, params), *([clicks] if clicks else [])])
 
@@ -159,7 +156,7 @@ SELECTION = ["head", "heads"]
 DETAIL = ["image", "head", "source_token", "threshold"]
 # The marks layers of each view (`ExplorerViews.marks`), drawn in this order.
 VIEW_MARKS = {"A": ["A"], "B1": ["B1 line", "B1 values", "B1"], "B1 heat map": ["B1 heat map", "B1 heat map boxes"],
-              "B2": ["B2", "B2 glyphs"], "C1": ["C1"], "C2": ["C2", "C2 lines"], "C3": ["C3", "C3 lines"],
+              "B2": ["B2", "B2 glyphs"], "C1": ["C1 values", "C1 ceiling", "C1"], "C2": ["C2", "C2 lines"], "C3": ["C3", "C3 lines"],
               "distance": ["distance"], "D1": ["D1"], "D2": ["D2", "D2 attention", "D2 outlines"],
               "D3": ["D3"], "D4": ["D4", "D4 row"], "D5": ["D5", "D5 threshold"]}
 IMPORTANCE = ["metric", "scope", "scope_class", "image", *SELECTION]
@@ -192,6 +189,8 @@ class ExplorerViews:
             "B2": layer(views.partial_pruning_bars, IMPORTANCE, QUADS,
                         [("head", "@head"), ("mode", "@mode"), ("value", "@value{0.0000}")]),
             "B2 glyphs": layer(views.partial_pruning_glyphs, [*IMPORTANCE, "mode"], QUADS),
+            "C1 values": layer(views.entropy_values, ["scope", "scope_class", "image"], None),
+            "C1 ceiling": layer(views.entropy_ceiling, [], SEGMENTS),
             "C1": layer(views.entropy_highlight, ["scope", "scope_class", "image", *SELECTION]),
             "C2": layer(views.hop_profile_bars, ["image", *SELECTION], QUADS,
                         [("hop", "@hop"), ("strength", "@strength{0.0000}")]),
@@ -234,11 +233,10 @@ class ExplorerViews:
         self.curve = views.pruning_curve(d)
 
         # C
-        c1_dots = dynamic(views.entropy_points, d, s, ["scope", "scope_class", "image"])
-        self.c1 = (c1_dots * views.entropy_ceiling(d)).opts(hv.opts.Overlay(
+        self.c1 = views.entropy_points(d, s).opts(
             width=340, height=280, xlabel="layer", ylabel="entropy (nats)", toolbar="above",
-            xticks=list(range(d.depth)) if d.depth <= 24 else 12, hooks=hooks["C1"]))
-        self._on("C1", streams.Selection1D(source=c1_dots), self._heads_selected)
+            xticks=list(range(d.depth)) if d.depth <= 24 else 12, xlim=(-0.5, d.depth - 0.5), hooks=hooks["C1"])
+        self._on("C1", streams.Selection1D(source=self.c1), self._heads_selected)
         self.c2 = views.hop_profile_frame(d).opts(hooks=hooks["C2"])
         self.c3 = views.entropy_distribution_frame(d).opts(hooks=hooks["C3"])
         self.trend = views.distance_trend(d).opts(hv.opts.Overlay(hooks=hooks["distance"]))

@@ -83,6 +83,8 @@ class MarksLayer:
     `QUADS`, `SEGMENTS`, `IMAGE`, `RGBA`) on every figure whose HoloViews plot calls `hook`,
     redrawn when any of `params` of the state changes.
 
+    `glyph` None: no glyph of its own; the columns are written into the data source of the
+    HoloViews element the hook is on (which keeps that element's selection streams working).
     `tooltips`: a hover tool for this glyph. `colours` ("linear" or "eq_hist"): an `IMAGE`
     layer's colour mapper (palette and range from each `Marks`), with a colour bar if
     `colour_bar`, and `nan_colour` for missing values.
@@ -94,7 +96,7 @@ class MarksLayer:
     data: object = field(repr=False)
     state: object = field(repr=False)
     params: list[str]
-    glyph: tuple[str, dict] = RINGS
+    glyph: tuple[str, dict] | None = RINGS
     tooltips: list[tuple[str, str]] | None = None
     colours: str | None = None
     colour_bar: bool = False
@@ -105,7 +107,8 @@ class MarksLayer:
     def __post_init__(self):
         if self.colours not in (None, "linear", "eq_hist"):
             raise ValueError(f"colours must be None, 'linear' or 'eq_hist', not {self.colours!r}")
-        self.state.param.watch(self._redraw, list(self.params))
+        if self.params:
+            self.state.param.watch(self._redraw, list(self.params))
 
     @property
     def figures(self) -> list:
@@ -127,7 +130,8 @@ class MarksLayer:
         marks = self.fn(self.data, self.state)
         sources = [getattr(r, "data_source", None) for r in figure.renderers]
         if not any(d.figure is figure and d.source in sources for d in self._drawn):
-            self._drawn = [d for d in self._drawn if d.figure is not figure] + [self._add(figure, marks)]
+            drawn = _Drawn(figure, plot.handles["source"]) if self.glyph is None else self._add(figure, marks)
+            self._drawn = [d for d in self._drawn if d.figure is not figure] + [drawn]
         self._draw(marks, [figure])
 
     def _add(self, figure, marks: Marks) -> _Drawn:
@@ -174,7 +178,10 @@ class MarksLayer:
             figure = drawn.figure
             if not any(figure is f for f in figures):
                 continue
-            drawn.source.data = _columns(marks)
+            columns = _columns(marks)
+            if self.glyph is None:  # the element's own source: keep its other columns
+                columns = {**drawn.source.data, **columns}
+            drawn.source.data = columns
             if marks.title is not None:
                 figure.title.text = marks.title
             for axis_range, span in ((figure.x_range, marks.x_range), (figure.y_range, marks.y_range)):

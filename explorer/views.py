@@ -1,9 +1,12 @@
-"""The views of the explorer (METHOD.md sections 1-4), each a function `(data, state) -> element`.
+"""The views of the explorer (METHOD.md sections 1-4): functions of `(data, state)`.
 
-A view reads the selection from an `ExplorerState` and the numbers from a `RunData`, and returns
-a HoloViews element whose structure (element types, number of layers) never depends on the
-selection, so that `explorer.app` can wrap it in a `DynamicMap` that updates the plot's data in
-place. Titles name what is shown (the head, the image), which the browser test reads.
+A view reads the selection from an `ExplorerState` and the numbers from a `RunData`. What
+changes with the selection is returned as `explorer.marks.Marks` (the columns of one glyph
+layer, and the title, ranges and colours it sets), which `explorer.app` draws straight into the
+Bokeh figure; what does not is a HoloViews element: a `*_frame` (the empty axes of a view drawn
+wholly in marks), the static layers (A's points, C1's dots, the pruning curve, the distance
+trend) and the D1 map (which changes only with the pattern space). Titles name what is shown
+(the head, the image), which the browser test reads.
 
 View names follow the paper: A image overview; B1 head importance line and heat map, B2 partial
 pruning modes, B3 top-5 predictions, the cumulative pruning curve; C1 head entropy across
@@ -380,7 +383,8 @@ def pruning_curve(data: RunData) -> hv.Overlay:
 
 def entropy_points(data: RunData, state: ExplorerState) -> hv.Scatter:
     """C1: head entropy (nats) across layers, one dot per head in flat-head order (so a
-    selection's indices are flat head indices); box-select or click to select heads."""
+    selection's indices are flat head indices); box-select or click to select heads.
+    `entropy_values` redraws the dots for another image or scope."""
     entropy = data.entropy_per_head(state.scope, state.image, state.scope_class).reshape(-1)
     layer, head = np.divmod(np.arange(len(entropy)), data.num_heads)
     colours = layer_colours(data.depth)
@@ -391,10 +395,26 @@ def entropy_points(data: RunData, state: ExplorerState) -> hv.Scatter:
         selection_alpha=1.0, line_color=None, active_tools=["tap", "box_select"])
 
 
-def entropy_ceiling(data: RunData) -> hv.HLine:
-    """C1: the largest possible entropy, ln(rings) (a flat profile)."""
-    top = math.log(data.strength["profile"].shape[-1])
-    return hv.HLine(top).opts(color="grey", line_dash="dotted", line_width=1)
+def entropy_values(data: RunData, state: ExplorerState) -> Marks:
+    """C1: the dots' entropies for the selected image or scope (written into the data source of
+    `entropy_points`, so that its box and tap selections keep working) and a y range that
+    fits them and the ceiling."""
+    entropy = data.entropy_per_head(state.scope, state.image, state.scope_class).reshape(-1).astype(np.float64)
+    top = max(float(np.nanmax(entropy)), _max_entropy(data))
+    low = float(np.nanmin(entropy))
+    pad = 0.05 * (top - low) or 0.01
+    return Marks({"entropy": entropy}, y_range=(low - pad, top + pad))
+
+
+def _max_entropy(data: RunData) -> float:
+    return math.log(data.strength["profile"].shape[-1])
+
+
+def entropy_ceiling(data: RunData, state: ExplorerState | None = None) -> Marks:
+    """C1: the largest possible entropy, ln(rings) (a flat profile), a grey line across the
+    layers (`marks.SEGMENTS`)."""
+    top = _max_entropy(data)
+    return Marks(_segments([-0.5], top, [data.depth - 0.5], top, "grey", 0.8, 1.0))
 
 
 def entropy_highlight(data: RunData, state: ExplorerState) -> Marks:
@@ -559,10 +579,6 @@ def _head_attention(data: RunData, state: ExplorerState):
     except LiveUnavailable as err:
         return None, f"attention not available: {err}"
     return np.asarray(attention[state.layer, state.head_in_layer], np.float64), source
-
-
-def _token_of_patch(data: RunData, row: int, col: int) -> int:
-    return data.num_prefix + row * data.grid[1] + col
 
 
 def image_attention_frame(data: RunData) -> hv.Curve:

@@ -199,7 +199,7 @@ def test_c_views(data, raw):
     entropy = raw["strength"]["entropy"]
     dots = views.entropy_points(data, state)
     np.testing.assert_allclose(dots.dimension_values("entropy"), entropy[4].reshape(-1), rtol=1e-6)
-    ceiling = views.entropy_ceiling(data).data
+    ceiling = views.entropy_ceiling(data).columns["y0"][0]
     assert ceiling == pytest.approx(math.log(data.grid[0]))  # ln(rings) for a square grid
     c3 = views.entropy_distribution(data, state)
     assert c3.columns["count"].sum() == data.num_images
