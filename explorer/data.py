@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import functools
 import io
 import threading
 from pathlib import Path
@@ -59,6 +60,7 @@ class RunData:
 
     def __init__(self, path: str | Path):
         self.run = store.open_run(path)
+        self._stored_attention = functools.lru_cache(maxsize=16)(self._read_attention)
         self.path = self.run.path
         self.name = self.path.name
         c = self.config = self.run.config
@@ -308,10 +310,16 @@ class RunData:
         valid = ~np.isnan(shares).any(axis=1)
         return [int(h) for h in np.flatnonzero(valid & (np.nan_to_num(shares).argmax(axis=1) == cluster))]
 
+    def _read_attention(self, image: int) -> np.ndarray:
+        attention = self.run.attention(image)
+        attention.setflags(write=False)  # shared by every session
+        return attention
+
     def attention(self, image: int) -> tuple[np.ndarray, str]:
-        """Full attention `[L, H, T, T]` of an image: from the store if kept, else computed live."""
+        """Full attention `[L, H, T, T]` of an image (read-only): from the store if kept (read
+        once, then cached: every D view of a selection asks for it), else computed live."""
         if int(image) in self.kept:
-            return self.run.attention(int(image)), "store"
+            return self._stored_attention(int(image)), "store"
         from explorer import live
 
         return live.attention(str(self.path), int(image)), "computed live"

@@ -17,6 +17,7 @@ matrix, D5 attention histogram.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import replace
 
@@ -133,14 +134,16 @@ def _image(values: np.ndarray, x0: float, y0: float, width: float, height: float
     if high - low < 1e-12:
         low, high = low - 1e-6, high + 1e-6
     return Marks({"image": [values[::-1]], "x": [float(x0)], "y": [float(y0)], "dw": [float(width)],
-                  "dh": [float(height)]}, title, palette=tuple(_palette(cmap)), colour_range=(low, high),
+                  "dh": [float(height)]}, title, palette=_palette(cmap), colour_range=(low, high),
                  colour_title=colour_title)
 
 
-def _palette(cmap: str) -> list[str]:
+@functools.lru_cache(maxsize=16)
+def _palette(cmap: str) -> tuple[str, ...]:
+    """256 colours of a HoloViews colour map (the same the HoloViews views used)."""
     from holoviews.plotting.util import process_cmap
 
-    return process_cmap(cmap, 256)
+    return tuple(process_cmap(cmap, 256))
 
 
 def chart_frame(x_label: str, y_label: str, *, logy: bool = False, **options) -> hv.Curve:
