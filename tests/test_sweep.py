@@ -126,7 +126,8 @@ def timm_checkpoint_and_pngs(tmp_path_factory):
 def _sweep_cli(checkpoint, pngs, out):
     return [sys.executable, "-m", "vit_jax_va.cli", "sweep", "--model", str(checkpoint),
             "--data", str(pngs), "--out", str(out), "--chunk-size", "4", "--batch-size", "4",
-            "--pattern-images", "6", "--projection", "pca", "--no-progress"]
+            "--pattern-images", "6", "--latent-dim", "3", "--clusters", "4", "--projection", "pca",
+            "--curve-images", "10", "--no-progress"]
 
 
 def _arrays(run_dir):
@@ -151,6 +152,18 @@ def test_a_bad_image_is_named_and_skipped(uninterrupted):
     assert [s["path"].endswith("broken.png") for s in manifest["data"]["skipped_files"]] == [True]
     assert manifest["data"]["class_names"] == ["cat", "dog"]
     assert not list(out.rglob("raw_*.npy")), "the patterns stage's inputs outlived the run"
+
+
+def test_pattern_space_and_curve_flags_shape_the_store(uninterrupted):
+    out, _ = uninterrupted
+    run = vit_jax_va.open_run(out)
+    options = run.manifest["options"]
+    assert (options["latent_dim"], options["clusters"], options["curve_images"]) == (3, 4, 10)
+    for space in ("patch", "cls"):
+        patterns = run.arrays(f"patterns/{space}")
+        assert patterns["latents"].shape[1] == 3 and len(patterns["prototypes"]) == 4
+        assert patterns["head_shares"].shape[1] == 4
+    assert int(run.arrays("curve")["num_images"]) == 10
 
 
 # (stage that must not be done yet when the process is killed, file whose appearance triggers it)

@@ -156,8 +156,9 @@ def sweep_inputs(args: argparse.Namespace, log=print):
     options = SweepOptions(**{k: v for k, v in dict(
         modes=tuple(args.modes) if args.modes else None, batch_size=args.batch_size,
         chunk_size=args.chunk_size, keep_attention=args.keep_attention,
-        pattern_images=args.pattern_images, projection=args.projection,
-        precision=args.precision, seed=args.seed).items() if v is not None})
+        pattern_images=args.pattern_images, latent_dim=args.latent_dim, clusters=args.clusters,
+        projection=args.projection, curve_images=args.curve_images, precision=args.precision,
+        seed=args.seed).items() if v is not None})
     model = resolve_model(args.model, args.model_name)
     source = str(Path(args.model).absolute()) if Path(args.model).is_dir() else args.model
     dataset = usable_images(resolve_data(args.data), args.images, log=log)
@@ -288,8 +289,15 @@ def build_parser() -> argparse.ArgumentParser:
                             "at these comma-separated positions (default 4)")
     sweep.add_argument("--pattern-images", type=int,
                        help="images whose pattern items train the autoencoders (default 200)")
+    sweep.add_argument("--latent-dim", type=int,
+                       help="size of the autoencoders' latent space (default 8)")
+    sweep.add_argument("--clusters", type=int,
+                       help="k-means clusters (prototype patterns) of each pattern space "
+                            "(default 8)")
     sweep.add_argument("--projection", choices=("tsne", "umap", "pca"),
                        help="2-D projection of the pattern space (default tsne)")
+    sweep.add_argument("--curve-images", type=int,
+                       help="images of the cumulative pruning curves (default 256)")
     sweep.add_argument("--precision", choices=("highest", "high", "default"),
                        help="JAX matmul precision; 'default' is fastest on GPU/TPU (default highest)")
     sweep.add_argument("--seed", type=int, help="seed of every random choice (default 0)")
