@@ -24,7 +24,7 @@ from typing import Callable
 
 import numpy as np
 from bokeh.models import (ColorBar, ColumnDataSource, EqHistColorMapper, FixedTicker, HoverTool,
-                          LinearColorMapper)
+                          LinearColorMapper, PrintfTickFormatter)
 from bokeh.palettes import Greys256
 
 # (Bokeh glyph method, its arguments). Columns: x, y, ring (line colour), size.
@@ -143,8 +143,10 @@ class MarksLayer:
             mapper = kind(palette=list(marks.palette or Greys256), nan_color=self.nan_colour)
             options = {**options, "color_mapper": mapper}
             if self.colour_bar:
+                # Attention weights are small: "0.0012", not Bokeh's default "1.2e-3".
                 figure.add_layout(ColorBar(color_mapper=mapper, width=10, title_text_font_size="8pt",
-                                           major_label_text_font_size="8pt"), "right")
+                                           major_label_text_font_size="8pt",
+                                           formatter=PrintfTickFormatter(format="%.2g")), "right")
         renderer = getattr(figure, method)(source=source, **options)
         # A tap or box selection on the view must not fade the marks.
         renderer.nonselection_glyph = renderer.glyph
