@@ -12,7 +12,8 @@ a missing demo run smaller); by default `runs/` in the working
 directory and its `demo` run. The run picker lists the runs directly under the runs directory
 and nothing else, so a browser cannot make the server open an arbitrary path. When the demo run
 does not exist yet it is computed first (the same sweep as `vit-va sweep`), with its progress
-shown in the page.
+shown in the page; a demo run of an earlier demo model (or results-store schema) is moved aside
+to `demo-<its weights hash>` first (`vit_jax_va.demo.retire_stale_demo_run`).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from vit_jax_va.masks import PRUNE_MODES
 
 RUNS_ENV, RUN_ENV = "VIT_VA_RUNS", "VIT_VA_RUN"
 DEMO_RUN = "demo"
+_RETIRE_LOCK = threading.Lock()
 
 NOTES = {
     "A": "Every analysed image, placed by its features (t-SNE); colour is the class, opacity the "
@@ -128,10 +130,12 @@ _JOBS_LOCK = threading.Lock()
 
 
 def demo_sweep(out: Path, sweep_args: tuple[str, ...] = ()) -> SweepJob:
-    """The (one per process and output directory) background sweep that makes the demo run."""
+    """The (one per process and output directory) background sweep that makes the demo run.
+    Sessions share a running sweep; a finished one is not reused (the run it made has gone or
+    is incomplete if a session asks again, e.g. after an upgrade moved it aside)."""
     with _JOBS_LOCK:
         job = _JOBS.get(str(out))
-        if job is None or (job.finished and job.error):
+        if job is None or job.finished:
             job = _JOBS[str(out)] = SweepJob(out, sweep_args).start()
         return job
 
@@ -441,6 +445,12 @@ class ExplorerApp:
             self._message(f"No run named `{name}` in `{self.runs_dir}`.")
             return
         path = self.runs_dir / name
+        if name == DEMO_RUN:
+            with _RETIRE_LOCK:  # one session moves a stale demo run aside, the others see it gone
+                from vit_jax_va.demo import retire_stale_demo_run
+
+                if retire_stale_demo_run(path) is not None:
+                    self.picker.options = sorted(set(run_names(self.runs_dir)) | {DEMO_RUN})
         try:
             data = load_run(path)
         except (store.RunError, FileNotFoundError) as err:
@@ -474,9 +484,9 @@ class ExplorerApp:
         log = pn.pane.Str("", styles={"font-size": "11px"})
         self.sidebar[:] = []
         self.main[:] = [pn.pane.Markdown(
-            f"## Computing the demo run\nThe demo run does not exist yet, so the explorer is "
-            f"running the sweep (`vit-va sweep`) into `{path}` first. This page switches to "
-            f"the explorer when it is done."), bar, status, log]
+            f"## Computing the demo run\nThere is no run of the shipped demo model yet, so the "
+            f"explorer is running the sweep (`vit-va sweep`) into `{path}` first. This page "
+            f"switches to the explorer when it is done."), bar, status, log]
 
         def update():
             bar.value = int(100 * job.done / job.total)

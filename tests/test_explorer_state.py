@@ -2,6 +2,8 @@
 (a stream event, as a click would send) changes the state, and the views that depend on it then
 show the store's data for the new selection."""
 
+import json
+
 import holoviews as hv
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ from explorer.data import RunData, load_run
 from explorer.state import ExplorerState
 from tests.explorer_runs import demo_runs_dir
 from vit_jax_va import store
+from vit_jax_va.demo import demo_training_record
 
 
 @pytest.fixture(scope="module")
@@ -198,6 +201,20 @@ def test_missing_demo_run_is_computed_first_with_progress(tmp_path):
     assert app.state is not None and app.state.data.num_images == 8
     assert (tmp_path / "demo" / "manifest.json").is_file()
     assert app.picker.options == ["demo"]
+
+    # The run now looks like one of an earlier demo model: a new app moves it aside, keeps it
+    # openable under its hash, and computes a run of the shipped model in its place.
+    manifest_path = tmp_path / "demo" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["model"]["weights_sha256"] = "0123abcd" + "0" * 56
+    manifest_path.write_text(json.dumps(manifest))
+    again = ExplorerApp(tmp_path, "demo", sweep_args=("--images", "8", *SMALL))
+    assert again.job is not app.job and again.job.error is None, again.job.lines
+    assert again.picker.options == ["demo", "demo-0123abcd"]
+    retired = json.loads((tmp_path / "demo-0123abcd" / "manifest.json").read_text())
+    assert retired == manifest
+    assert again.state.data.run.manifest["model"]["weights_sha256"] == demo_training_record()[
+        "weights_sha256"]
 
 
 def test_vit_va_explore_serves_a_run(runs):

@@ -151,6 +151,10 @@ def sweep_inputs(args: argparse.Namespace, log=print):
     if out is None:
         if args.model == "demo" and args.data == "demo":
             out = Path(args.runs_dir) / "demo"
+            if not getattr(args, "distributed", False):
+                from vit_jax_va.demo import retire_stale_demo_run
+
+                retire_stale_demo_run(out, log=log)  # a run of an earlier demo model
         else:
             out = Path(args.runs_dir) / f"{Path(args.model).stem}-{Path(args.data).stem}"
     options = SweepOptions(**{k: v for k, v in dict(

@@ -69,3 +69,40 @@ def demo_training_record() -> dict[str, Any]:
     """How the demo model was trained: test accuracy on the 10,000-image test split and on the
     shipped sample (0..1), training seconds, epochs, seed, settings, the command."""
     return json.loads(TRAINING_RECORD.read_text())
+
+
+def retire_stale_demo_run(run_dir: str | Path, log=print) -> Path | None:
+    """Move aside a run of the demo model that an upgrade made stale, so that a fresh demo run
+    can take its place and nothing is lost.
+
+    Stale: `run_dir/manifest.json` names the model source "demo" but records other weights than
+    the shipped model's (`weights_sha256`, e.g. a run of an earlier demo model) or another
+    results-store schema version. Such a run is renamed to `<run_dir>-<first 8 hex digits of
+    its weights hash>` (plus `-2`, `-3`, ... if that name is taken) and the new path returned;
+    anything else (no run, a current run, another model's run, an unreadable manifest) is left
+    as it is and None returned.
+    """
+    from vit_jax_va import store
+
+    run_dir = Path(run_dir)
+    try:
+        manifest = store.read_manifest(run_dir)
+    except store.RunError:
+        return None
+    model = manifest.get("model") or {}
+    if model.get("source") != "demo":
+        return None
+    weights = str(model.get("weights_sha256", ""))
+    same_weights = weights == demo_training_record()["weights_sha256"]
+    if same_weights and manifest.get("schema_version") == store.SCHEMA_VERSION:
+        return None
+    target = run_dir.with_name(f"{run_dir.name}-{weights[:8] or 'unknown'}")
+    suffix = 2
+    while target.exists():
+        target = run_dir.with_name(f"{run_dir.name}-{weights[:8] or 'unknown'}-{suffix}")
+        suffix += 1
+    run_dir.rename(target)
+    reason = ("another results-store schema version" if same_weights
+              else "an earlier demo model (other weights than the shipped one)")
+    log(f"{run_dir} held a run of {reason}; moved it to {target} and computing a new one")
+    return target
