@@ -51,8 +51,9 @@ NOTES = {
          "dip marks a head the prediction needs. Click a dot or a heat-map cell to select a head. "
          "**B2**: the same for the six partial-pruning modes (grey blocks of the glyph are "
          "zeroed: top row / left column = CLS, the rest = patches); click a bar to choose the "
-         "mode of **B3**, the top-5 after that pruning. The curve prunes heads cumulatively: "
-         "a good ranking loses accuracy fast when the most important go first.",
+         "mode of **B3**, the top-5 after that pruning. The curve prunes heads cumulatively "
+         "(ranked on half of the images, measured on the other half): a good ranking loses "
+         "accuracy fast when the most important go first.",
     "C": "**C1**: entropy of each head's n-hop strength profile (0 = all attention on one ring, "
          "ln(rings) = flat); early layers spread out, late layers are global. Click a dot or "
          "box-select several. **C2**: strength at each hop d for the selected head. **C3**: how "

@@ -372,13 +372,15 @@ def pruning_curve(data: RunData) -> hv.Overlay:
     x = c["num_pruned"]
     metric = str(c.get("metric", "prob_drop"))
     n = int(c["num_images"]) if "num_images" in c else None
+    held_out = "ranking_images" in c and not np.isin(c["images"], c["ranking_images"]).any()
     curves = [hv.Curve((x, c["accuracy_most"]), "heads pruned", "accuracy", label="most important first")
               .opts(color=HIGHLIGHT),
               hv.Curve((x, c["accuracy_least"]), "heads pruned", "accuracy", label="least important first")
               .opts(color=CLS_COLOUR)]
     return hv.Overlay(curves).opts(hv.opts.Curve(tools=["hover"], line_width=2),
                                    hv.opts.Overlay(
-        title="Cumulative pruning", xlabel=f"heads pruned (by {metric}{f', {n} images' if n else ''})",
+        title="Cumulative pruning", xlabel=f"heads pruned (by {metric}"
+               f"{f', {n} held-out images' if n and held_out else f', {n} images' if n else ''})",
         width=290, height=260, legend_position="bottom_left", ylim=(0, 1.02), toolbar=None))
 
 

@@ -64,8 +64,19 @@ def test_store_holds_what_the_library_computes(in_memory_run):
     patch = run.arrays("patterns/patch")
     assert patch["items"].shape == (6 * 4, 7, 7) and patch["head_xy"].shape == (4, 2)
     assert run.arrays("patterns/cls")["items"].shape == (6 * 4, 2, 4, 4)
+    # The curve is held out: measured on the odd positions, heads ranked on the even ones.
     curve = run.arrays("curve")
     assert curve["accuracy_most"].shape == curve["num_pruned"].shape == (5,)
+    np.testing.assert_array_equal(curve["images"], [1, 3, 5, 7, 9])
+    np.testing.assert_array_equal(curve["ranking_images"], [0, 2, 4, 6, 8])
+    ranking_drop = (ablation.baseline_prob[None, None, ::2] - ablation.prob[1][..., ::2]).mean(-1)
+    np.testing.assert_array_equal(curve["order_most"], np.argsort(-ranking_drop.reshape(-1), kind="stable"))
+    for step, pruned in enumerate(curve["num_pruned"]):
+        mask = np.ones(4, np.float32)
+        mask[curve["order_most"][:pruned]] = 0
+        logits = model(jnp.asarray(images[1::2]), head_mask=jnp.asarray(mask.reshape(2, 2)))
+        accuracy = (np.asarray(logits).argmax(-1) == dataset.labels[1::2]).mean()
+        assert curve["accuracy_most"][step] == pytest.approx(accuracy), step
     assert run.array("images", "thumbnails").shape == (10, 16, 16, 1)
     assert run.array("images", "overview_xy").shape == (10, 2)
     assert run.manifest["complete"] and not (out / "chunks").exists()
@@ -163,7 +174,7 @@ def test_pattern_space_and_curve_flags_shape_the_store(uninterrupted):
         patterns = run.arrays(f"patterns/{space}")
         assert patterns["latents"].shape[1] == 3 and len(patterns["prototypes"]) == 4
         assert patterns["head_shares"].shape[1] == 4
-    assert int(run.arrays("curve")["num_images"]) == 10
+    assert int(run.arrays("curve")["num_images"]) == 8  # every other one of 16 images, <= 10
 
 
 # (stage that must not be done yet when the process is killed, file whose appearance triggers it)

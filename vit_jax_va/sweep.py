@@ -6,7 +6,8 @@ Stages (each resumable; see `vit_jax_va.store` for what they write):
              Taylor importance, the strength statistics of every head, pattern items of the
              sampled images, full attention of the kept images. One `.npz` per chunk.
 2. collect   chunks -> the store's arrays, streamed (memory does not grow with the run).
-3. curve     cumulative pruning curves in the order of the mean probability drop.
+3. curve     cumulative pruning curves in the order of the mean probability drop, measured on
+             every other image and ranked on the rest (held out).
 4. patterns  autoencoders for the patch and CLS pattern items, 2-D maps, clusters.
 5. overview  a 2-D layout of the images' pre-logit features (the image overview).
 
@@ -108,7 +109,8 @@ class SweepOptions:
       first N images) or a tuple of image positions in the run (0-based).
     pattern_images: images (seeded choice) whose per-head pattern items train the autoencoders.
     latent_dim, clusters, projection: the pattern space (`vit_jax_va.pattern_space`).
-    curve_images: images used for the cumulative pruning curves.
+    curve_images: images the cumulative pruning curves are measured on (every other image of
+      the run, at most this many; the heads are ranked on the others: held out).
     precision: JAX matmul precision of the sweep ("highest" = full float32 on GPU/TPU too).
     seed: every random choice (pattern sample, autoencoder, projections).
     """
@@ -433,10 +435,15 @@ class Sweep:
         run = store.Run(self.path, self.manifest)
         imp = run.arrays("importance")
         head = list(self.options.modes).index("head")
-        drop = (np.asarray(imp["baseline_prob"])[None, None] - np.asarray(imp["prob"][head])).mean(-1)
-        count = min(self.options.curve_images, self.num_images)
-        images, _ = self._load(0, count)
-        labels = None if self.source.labels is None else np.asarray(self.source.labels[:count])
+        ranking, measured = self._curve_split()
+        drop = (np.asarray(imp["baseline_prob"])[None, None, ranking]
+                - np.asarray(imp["prob"][head][..., ranking])).mean(-1)
+        batches = list(self.source.batches(self.config, batch_size=len(measured), indices=measured))
+        if len(batches) != 1 or len(batches[0].images) != len(measured):
+            raise store.RunError("the curve's images could not all be read again (changed on "
+                                 f"disk since the sweep started?): {[s.path for s in self.source.skipped]}")
+        images = batches[0].images
+        labels = None if self.source.labels is None else np.asarray(self.source.labels)[measured]
         curves = {}
         with self._bar(2, "curve", "order") as bar:
             for name, first in (("most", True), ("least", False)):
@@ -448,8 +455,21 @@ class Sweep:
                 curves["num_pruned"] = curve.num_pruned
                 bar.update(1)
         store.write_arrays(self.path / "curve", metric=np.asarray("prob_drop"),
-                           num_images=np.asarray(count), **curves)
+                           num_images=np.asarray(len(measured)), images=measured,
+                           ranking_images=ranking, **curves)
         return {}
+
+    def _curve_split(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ranking, measured) image positions of the curve stage: the curves are measured on
+        every other image (positions 1, 3, 5, ..., at most `curve_images` of them) and the heads
+        are ranked on all the others, so the curve checks the ranking on images it was not
+        made from; interleaving keeps both halves alike when images come sorted by class. A
+        one-image run ranks and measures on that image."""
+        positions = np.arange(self.num_images)
+        if self.num_images < 2:
+            return positions, positions
+        measured = positions[1::2][:self.options.curve_images]
+        return np.setdiff1d(positions, measured), measured
 
     # Stage 4: patterns --------------------------------------------------------------------
 
