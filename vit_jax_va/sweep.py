@@ -295,15 +295,19 @@ class Sweep:
 
     def _load(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         """Preprocessed images `[n, H, W, C]` and thumbnails `[n, h, w, c]` of `[start, stop)`."""
-        batches = list(self.source.batches(self.config, batch_size=stop - start,
-                                           indices=range(start, stop)))
-        if len(batches) != 1 or len(batches[0].images) != stop - start:
-            raise store.RunError(f"images {start}..{stop - 1} could not all be read again "
-                                 f"(changed on disk since the sweep started?): "
-                                 f"{[s.path for s in self.source.skipped]}")
         thumbnails = np.stack([thumbnail(self.source.image(i), self.config)
                                for i in range(start, stop)])
-        return batches[0].images, thumbnails
+        return self._preprocessed(range(start, stop)), thumbnails
+
+    def _preprocessed(self, positions) -> np.ndarray:
+        """Preprocessed images `[n, H, W, C]` at these positions of the run."""
+        positions = list(positions)
+        batches = list(self.source.batches(self.config, batch_size=len(positions), indices=positions))
+        if len(batches) != 1 or len(batches[0].images) != len(positions):
+            raise store.RunError(f"images {positions[0]}..{positions[-1]} could not all be read "
+                                 f"again (changed on disk since the sweep started?): "
+                                 f"{[s.path for s in self.source.skipped]}")
+        return batches[0].images
 
     def _pattern_sample(self) -> np.ndarray:
         rng = np.random.default_rng(self.options.seed)
@@ -438,11 +442,7 @@ class Sweep:
         ranking, measured = self._curve_split()
         drop = (np.asarray(imp["baseline_prob"])[None, None, ranking]
                 - np.asarray(imp["prob"][head][..., ranking])).mean(-1)
-        batches = list(self.source.batches(self.config, batch_size=len(measured), indices=measured))
-        if len(batches) != 1 or len(batches[0].images) != len(measured):
-            raise store.RunError("the curve's images could not all be read again (changed on "
-                                 f"disk since the sweep started?): {[s.path for s in self.source.skipped]}")
-        images = batches[0].images
+        images = self._preprocessed(measured)
         labels = None if self.source.labels is None else np.asarray(self.source.labels)[measured]
         curves = {}
         with self._bar(2, "curve", "order") as bar:
