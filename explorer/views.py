@@ -367,21 +367,23 @@ def data_top5(data: RunData, state: ExplorerState):
 
 def pruning_curve(data: RunData) -> hv.Overlay:
     """The cumulative pruning curve of the run (static): accuracy as heads are pruned, most
-    important first versus least important first."""
+    important first versus least important first. The legend sits under the axes, off the lines;
+    the title says how many images were measured and whether they were held out from the
+    ranking."""
     c = data.curve
     x = c["num_pruned"]
     metric = str(c.get("metric", "prob_drop"))
     n = int(c["num_images"]) if "num_images" in c else None
     held_out = "ranking_images" in c and not np.isin(c["images"], c["ranking_images"]).any()
+    measured = f" · {n} {'held-out ' if held_out else ''}images" if n else ""
     curves = [hv.Curve((x, c["accuracy_most"]), "heads pruned", "accuracy", label="most important first")
               .opts(color=HIGHLIGHT),
               hv.Curve((x, c["accuracy_least"]), "heads pruned", "accuracy", label="least important first")
               .opts(color=CLS_COLOUR)]
     return hv.Overlay(curves).opts(hv.opts.Curve(tools=["hover"], line_width=2),
                                    hv.opts.Overlay(
-        title="Cumulative pruning", xlabel=f"heads pruned (by {metric}"
-               f"{f', {n} held-out images' if n and held_out else f', {n} images' if n else ''})",
-        width=290, height=260, legend_position="bottom_left", ylim=(0, 1.02), toolbar=None))
+        title=f"Cumulative pruning{measured}", xlabel=f"heads pruned (ranked by {metric})",
+        width=290, height=320, legend_position="bottom", legend_cols=1, ylim=(0, 1.02), toolbar=None))
 
 
 # C: strength -------------------------------------------------------------------------------

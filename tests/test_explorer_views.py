@@ -4,6 +4,7 @@ random timm ViT-Tiny (4 x 4 grid, unlabelled images), and shows what the store h
 import base64
 import io
 import math
+from types import SimpleNamespace
 
 import holoviews as hv
 import numpy as np
@@ -222,3 +223,20 @@ def test_image_overview_points_and_thumbnails(data, raw):
                                   if images["thumbnails"].shape[-1] == 1 else images["thumbnails"][3])
     assert data.find_image(str(images["ids"][6])) == 6
     assert data.find_image("no such id") is None
+
+
+def test_pruning_curve_view_draws_the_stored_curves_with_the_legend_off_the_lines(data, raw):
+    curve = raw["curve"]
+    figure = hv.render(views.pruning_curve(data))
+    drawn = sorted(tuple(r.data_source.data["accuracy"]) for r in figure.renderers)
+    assert drawn == sorted([tuple(curve["accuracy_most"]), tuple(curve["accuracy_least"])])
+    # The measured images are disjoint from the ranking images, and the title says so.
+    assert not np.isin(curve["images"], curve["ranking_images"]).any()
+    assert f"{len(curve['images'])} held-out images" in figure.title.text
+    # The legend is laid out under the axes, not over the lines.
+    assert [type(item).__name__ for item in figure.below].count("Legend") == 1
+    assert not any(type(item).__name__ == "Legend" for item in figure.center)
+    # A store from before the held-out split (no ranking images) is not called held out.
+    older = {k: v for k, v in curve.items() if k != "ranking_images"}
+    title = hv.render(views.pruning_curve(SimpleNamespace(curve=older))).title.text
+    assert f"{len(curve['images'])} images" in title and "held-out" not in title
