@@ -206,3 +206,28 @@ def test_kill_and_resume_equals_an_uninterrupted_run(timm_checkpoint_and_pngs, u
         np.testing.assert_array_equal(ours[name], reference[name], err_msg=name)
     finished = subprocess.run(_sweep_cli(checkpoint, pngs, resumed), capture_output=True, text=True)
     assert "nothing to do" in finished.stdout
+
+
+def test_an_image_broken_during_the_sweep_stops_it_by_name_and_resumes_once_restored(tmp_path):
+    from vit_jax_va.data import load_image_folder
+
+    rng = np.random.default_rng(3)
+    for index in range(8):
+        folder = tmp_path / "pngs" / CONFIG.class_names[index % 3]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8)).save(folder / f"{index}.png")
+    model = random_vit(CONFIG, seed=0)
+    options = SweepOptions(**{**SMALL, "curve_images": 4})
+    dataset = usable_images(load_image_folder(tmp_path / "pngs"), log=lambda _: None)
+    victim = dataset.images[5]
+    good = victim.read_bytes()
+    victim.write_bytes(b"not a png any more")  # after the sweep checked every file
+    sweep = Sweep(model, dataset, tmp_path / "run", options=options, progress=False, log=lambda _: None)
+    with pytest.raises(store.RunError, match=rf"position\(s\) 5\).*{victim.name}"):
+        sweep.run()
+    assert list((tmp_path / "run" / "chunks").iterdir()), "the chunk before the broken image was lost"
+    victim.write_bytes(good)
+    dataset = usable_images(load_image_folder(tmp_path / "pngs"), log=lambda _: None)
+    Sweep(model, dataset, tmp_path / "run", options=options, progress=False, log=lambda _: None).run()
+    run = vit_jax_va.open_run(tmp_path / "run")
+    assert len(run.arrays("images")["labels"]) == 8

@@ -46,6 +46,12 @@ STAGES = ("analyse", "collect", "curve", "patterns", "overview")
 THUMBNAIL_PIXELS = 64
 
 
+def _positions(positions: Sequence[int], shown: int = 6) -> str:
+    """`1, 3, 5, ...` (the first few of a list of image positions, and how many more)."""
+    head = ", ".join(str(i) for i in positions[:shown])
+    return head if len(positions) <= shown else f"{head} and {len(positions) - shown} more"
+
+
 def usable_images(dataset: "ImageDataset", max_images: int | None = None,
                   log: Callable[[str], None] = print) -> "ImageDataset":
     """The first `max_images` images of `dataset` that can be read, as a new data set.
@@ -295,18 +301,26 @@ class Sweep:
 
     def _load(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         """Preprocessed images `[n, H, W, C]` and thumbnails `[n, h, w, c]` of `[start, stop)`."""
+        images = self._preprocessed(range(start, stop))  # first: it names an unreadable file
         thumbnails = np.stack([thumbnail(self.source.image(i), self.config)
                                for i in range(start, stop)])
-        return self._preprocessed(range(start, stop)), thumbnails
+        return images, thumbnails
 
     def _preprocessed(self, positions) -> np.ndarray:
-        """Preprocessed images `[n, H, W, C]` at these positions of the run."""
-        positions = list(positions)
+        """Preprocessed images `[n, H, W, C]` at these positions of the run. An image that can no
+        longer be read (its file changed since the sweep checked every file) stops the sweep with
+        a `RunError` naming the file and the reason; the chunks written so far are kept."""
+        positions = [int(i) for i in positions]
+        already = len(self.source.skipped)
         batches = list(self.source.batches(self.config, batch_size=len(positions), indices=positions))
-        if len(batches) != 1 or len(batches[0].images) != len(positions):
-            raise store.RunError(f"images {positions[0]}..{positions[-1]} could not all be read "
-                                 f"again (changed on disk since the sweep started?): "
-                                 f"{[s.path for s in self.source.skipped]}")
+        read = {int(i) for b in batches for i in b.indices}
+        missing = [i for i in positions if i not in read]
+        if missing:
+            why = "; ".join(f"{s.path or s.id}: {s.reason}" for s in self.source.skipped[already:])
+            raise store.RunError(
+                f"{len(missing)} image(s) of the run (position(s) {_positions(missing)}) could not "
+                f"be read again; the files changed after the sweep checked them: "
+                f"{why or 'skipped earlier'}. Restore them and run the same command to resume.")
         return batches[0].images
 
     def _pattern_sample(self) -> np.ndarray:
