@@ -22,10 +22,9 @@ from vit_jax_va.data import FASHION_MNIST_CLASSES
 from vit_jax_va.demo import (DEMO_DIR, LICENSE, demo_training_record, load_demo_images,
                              load_demo_model, retire_stale_demo_run)
 
-# The floor the shipped weights must keep (87.9% test / 90.0% sample after five training
-# stages). Issue 5's target is 88% test accuracy: not reached yet; a further stage
-# (`vit-va train-demo --init-from ...`) must keep at least this.
-REQUIRED_ACCURACY = 0.875
+# Issue 5's target, which the shipped weights must keep: 88% test accuracy (they have 88.14% test,
+# 90.2% on the shipped sample, after seven training stages).
+REQUIRED_ACCURACY = 0.88
 LOGITS_TOL = 1e-4
 ATTENTION_TOL = 1e-5
 
