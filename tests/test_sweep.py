@@ -208,14 +208,42 @@ def test_kill_and_resume_equals_an_uninterrupted_run(timm_checkpoint_and_pngs, u
     assert "nothing to do" in finished.stdout
 
 
+def _png_folder(root: Path, count: int = 8) -> Path:
+    """`count` random 16 x 16 greyscale PNGs, one sub-folder per class of CONFIG."""
+    rng = np.random.default_rng(3)
+    for index in range(count):
+        folder = root / CONFIG.class_names[index % 3]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8)).save(folder / f"{index}.png")
+    return root
+
+
+def test_a_sweep_reads_each_file_once_per_use(tmp_path, monkeypatch):
+    """The up-front check, the chunk (preprocessed input and thumbnail from one read) and, for
+    the held-out images only, the curve stage: no file is decoded more often."""
+    import vit_jax_va.data as data
+
+    reads: dict[str, int] = {}
+    real_read_image = data.read_image
+
+    def counted(path, **kwargs):
+        reads[str(path)] = reads.get(str(path), 0) + 1
+        return real_read_image(path, **kwargs)
+
+    monkeypatch.setattr(data, "read_image", counted)
+    dataset = usable_images(data.load_image_folder(_png_folder(tmp_path / "pngs")), log=lambda _: None)
+    Sweep(random_vit(CONFIG, seed=0), dataset, tmp_path / "run",
+          options=SweepOptions(**{**SMALL, "curve_images": 4}), progress=False, log=lambda _: None).run()
+    held_out = set(vit_jax_va.open_run(tmp_path / "run").arrays("curve")["images"].tolist())
+    assert len(held_out) == 4
+    expected = {str(path): 2 + (position in held_out) for position, path in enumerate(dataset.images)}
+    assert reads == expected
+
+
 def test_an_image_broken_during_the_sweep_stops_it_by_name_and_resumes_once_restored(tmp_path):
     from vit_jax_va.data import load_image_folder
 
-    rng = np.random.default_rng(3)
-    for index in range(8):
-        folder = tmp_path / "pngs" / CONFIG.class_names[index % 3]
-        folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8)).save(folder / f"{index}.png")
+    _png_folder(tmp_path / "pngs")
     model = random_vit(CONFIG, seed=0)
     options = SweepOptions(**{**SMALL, "curve_images": 4})
     dataset = usable_images(load_image_folder(tmp_path / "pngs"), log=lambda _: None)

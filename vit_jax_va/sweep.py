@@ -33,9 +33,11 @@ from flax import nnx
 
 from vit_jax_va import store
 from vit_jax_va.checkpoint import weights_hash
+from vit_jax_va.data import ImageFileError
 from vit_jax_va.devices import local_data_mesh
 from vit_jax_va.masks import PRUNE_MODES
 from vit_jax_va.model import ViT
+from vit_jax_va.preprocess import preprocess
 
 if TYPE_CHECKING:
     from vit_jax_va.data import ImageDataset
@@ -300,28 +302,36 @@ class Sweep:
         return [(s, min(s + size, self.num_images)) for s in range(0, self.num_images, size)]
 
     def _load(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
-        """Preprocessed images `[n, H, W, C]` and thumbnails `[n, h, w, c]` of `[start, stop)`."""
-        images = self._preprocessed(range(start, stop))  # first: it names an unreadable file
-        thumbnails = np.stack([thumbnail(self.source.image(i), self.config)
-                               for i in range(start, stop)])
-        return images, thumbnails
+        """Preprocessed images `[n, H, W, C]` and thumbnails `[n, h, w, c]` of `[start, stop)`,
+        both made from one read of each file."""
+        images, originals = self._read(range(start, stop))
+        return images, np.stack([thumbnail(original, self.config) for original in originals])
 
     def _preprocessed(self, positions) -> np.ndarray:
-        """Preprocessed images `[n, H, W, C]` at these positions of the run. An image that can no
-        longer be read (its file changed since the sweep checked every file) stops the sweep with
-        a `RunError` naming the file and the reason; the chunks written so far are kept."""
-        positions = [int(i) for i in positions]
-        already = len(self.source.skipped)
-        batches = list(self.source.batches(self.config, batch_size=len(positions), indices=positions))
-        read = {int(i) for b in batches for i in b.indices}
-        missing = [i for i in positions if i not in read]
-        if missing:
-            why = "; ".join(f"{s.path or s.id}: {s.reason}" for s in self.source.skipped[already:])
+        """Preprocessed images `[n, H, W, C]` at these positions of the run."""
+        return self._read(positions)[0]
+
+    def _read(self, positions) -> tuple[np.ndarray, list]:
+        """Preprocessed images `[n, H, W, C]` at these positions of the run, and the decoded images
+        they were made from. An image that can no longer be read (its file changed since the
+        sweep checked every file) stops the sweep with a `RunError` naming the file and the
+        reason; the chunks written so far are kept."""
+        originals, pixels, failed = [], [], []
+        for position in (int(i) for i in positions):
+            try:
+                original = self.source.image(position)
+                pixels.append(preprocess(self.config, original)[0])
+            except ImageFileError as err:
+                failed.append((position, err))
+                continue
+            originals.append(original)
+        if failed:
+            why = "; ".join(f"{err.path or self.source.ids[i]}: {err.reason}" for i, err in failed)
             raise store.RunError(
-                f"{len(missing)} image(s) of the run (position(s) {_positions(missing)}) could not "
-                f"be read again; the files changed after the sweep checked them: "
-                f"{why or 'skipped earlier'}. Restore them and run the same command to resume.")
-        return batches[0].images
+                f"{len(failed)} image(s) of the run (position(s) {_positions([i for i, _ in failed])}) "
+                f"could not be read again; the files changed after the sweep checked them: {why}. "
+                f"Restore them and run the same command to resume.")
+        return np.stack(pixels), originals
 
     def _pattern_sample(self) -> np.ndarray:
         rng = np.random.default_rng(self.options.seed)
