@@ -239,7 +239,7 @@ class ExplorerViews:
 
         # C
         self.c1 = views.entropy_points(d, s).opts(
-            width=340, height=280, xlabel="layer", ylabel="entropy (nats)", toolbar="above",
+            width=340, height=280, xlabel="layer", ylabel="entropy (nats)", toolbar="right",
             xticks=list(range(d.depth)) if d.depth <= 24 else 12, xlim=(-0.5, d.depth - 0.5), hooks=hooks["C1"])
         self._on("C1", streams.Selection1D(source=self.c1), self._heads_selected)
         self.c2 = views.hop_profile_frame(d).opts(hooks=hooks["C2"])

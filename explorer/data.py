@@ -27,6 +27,16 @@ import numpy as np
 from vit_jax_va import store
 from vit_jax_va.masks import PRUNE_MODES
 
+# Figure titles (Bokeh draws them on one line and clips them at the figure's edge) shorten
+# image ids and class names to these lengths.
+TITLE_ID_CHARS = 12
+TITLE_CLASS_CHARS = 10
+
+
+def _keep_end(text: str, chars: int) -> str:
+    """`text`, or "…" and its last `chars - 1` characters (a file name's end tells most)."""
+    return text if len(text) <= chars else "…" + text[-(chars - 1):]
+
 # Metrics of B1 (METHOD.md section 1). The first four come from pruning each head alone; Taylor
 # and confidence need no pruning pass.
 METRICS = {
@@ -114,7 +124,26 @@ class RunData:
         layer, head = divmod(int(flat), self.num_heads)
         return f"layer {layer} head {head}"
 
-    def image_name(self, image: int) -> str:
+    def head_label(self, flat: int) -> str:
+        """The short name of a head in figure titles: `L2H0`."""
+        layer, head = divmod(int(flat), self.num_heads)
+        return f"L{layer}H{head}"
+
+    def image_label(self, image: int) -> str:
+        """`image <id>` for figure titles; an id longer than `TITLE_ID_CHARS` keeps its end."""
+        return f"image {_keep_end(self.ids[image], TITLE_ID_CHARS)}"
+
+    def class_label(self, class_index: int) -> str:
+        """A class name for figure titles; one longer than `TITLE_CLASS_CHARS` keeps its start."""
+        name = self.class_names[class_index] if class_index >= 0 else "no label"
+        return name if len(name) <= TITLE_CLASS_CHARS else name[:TITLE_CLASS_CHARS - 1] + "…"
+
+    def image_name(self, image: int, *, short: bool = False) -> str:
+        """`image <id> (<class>, predicted <class>)`; `short`: with the title forms of the id and
+        class names (a Bokeh title does not wrap, and the figure clips it)."""
+        if short:
+            return (f"{self.image_label(image)} ({self.class_label(self.labels[image])}, "
+                    f"predicted {self.class_label(self.prediction[image])})")
         label = self.labels[image]
         return (f"image {self.ids[image]} ({self.class_names[label] if label >= 0 else 'no label'}, "
                 f"predicted {self.class_names[self.prediction[image]]})")
@@ -204,11 +233,11 @@ class RunData:
 
     def scope_label(self, scope: str, image: int, class_index: int | None = None) -> str:
         if scope == "image":
-            return f"image {self.ids[image]}"
+            return self.image_label(image)
         if scope == "run":
             return f"all {self.num_images} images"
         k = self.image_class[image] if class_index is None or class_index < 0 else class_index
-        return f"class {self.class_names[k]} ({int((self.image_class == k).sum())} images)"
+        return f"class {self.class_label(k)} ({int((self.image_class == k).sum())} images)"
 
     def mode_values(self, metric: str, scope: str, image: int, heads: list[int],
                     class_index: int | None = None) -> dict[str, np.ndarray]:

@@ -75,11 +75,6 @@ def _extra_heads(state: ExplorerState, limit: int | None = MAX_EXTRA_HEADS) -> l
     return [h for h in state.heads if h != state.head][:limit]
 
 
-def _head_label(data: RunData, flat: int) -> str:
-    layer, head = divmod(int(flat), data.num_heads)
-    return f"L{layer}H{head}"
-
-
 # Marks and frames (explorer.marks) ---------------------------------------------------------
 
 def _quads(x0, y0, x1, y1, title: str | None = None, *, fill="#ffffff", alpha=0.0, ring=HIGHLIGHT,
@@ -186,7 +181,7 @@ def image_points(data: RunData) -> hv.Points:
 def image_marker(data: RunData, state: ExplorerState) -> Marks:
     """A: a ring around the selected image (`marks.RINGS`); the title names it."""
     i = state.image
-    return _rings(data.overview_xy[[i], 0], data.overview_xy[[i], 1], f"A · {data.image_name(i)}", big=18)
+    return _rings(data.overview_xy[[i], 0], data.overview_xy[[i], 1], f"A · {data.image_name(i, short=True)}", big=18)
 
 
 # B: importance -----------------------------------------------------------------------------
@@ -241,7 +236,7 @@ def head_importance_marks(data: RunData, state: ExplorerState) -> Marks:
     values = data.head_values(state.metric, state.scope, state.image, state.scope_class).values.reshape(-1)
     heads = [state.head, *_extra_heads(state, None)]
     return _rings(heads, values[heads],
-                  f"B1 · {_metric_title(data, state)} · selected {data.head_name(state.head)}", big=14)
+                  f"B1 · {_metric_title(data, state)} · {data.head_label(state.head)}", big=14)
 
 
 def head_importance_cells(data: RunData, state: ExplorerState) -> Marks:
@@ -269,7 +264,7 @@ def head_importance_boxes(data: RunData, state: ExplorerState) -> Marks:
     heads = [state.head, *_extra_heads(state, None)]
     layer, head = np.divmod(np.asarray(heads), data.num_heads)
     return _quads(head - 0.5, layer - 0.5, head + 0.5, layer + 0.5,
-                  f"B1 · layers x heads · L{state.layer}H{state.head_in_layer}",
+                  f"B1 · layers x heads · {data.head_label(state.head)}",
                   ring=[HIGHLIGHT] + [SECONDARY] * (len(heads) - 1))
 
 
@@ -307,9 +302,9 @@ def partial_pruning_bars(data: RunData, state: ExplorerState) -> Marks:
     fill = np.where(j == 0, BAR, SECONDARY)
     marks = _quads(x0, np.where(np.isfinite(v), np.minimum(0.0, v), 0.0), x0 + width,
                    np.where(np.isfinite(v), np.maximum(0.0, v), 0.0), fill=fill, alpha=1.0, ring="white", width=1.0,
-                   head=[_head_label(data, heads[i]) for i in j], mode=[MODE_LABELS[PRUNE_MODES[i]] for i in m],
+                   head=[data.head_label(heads[i]) for i in j], mode=[MODE_LABELS[PRUNE_MODES[i]] for i in m],
                    value=v)
-    names = ", ".join(_head_label(data, h) for h in heads)
+    names = ", ".join(data.head_label(h) for h in heads)
     return replace(marks, title=f"B2 · {metric} per prune mode · {names}",
                    y_range=(glyph_y0 - 0.2 * span, top + 0.05 * span),
                    y_ticks=[round(t, 3) for t in np.linspace(bottom, top, 5)], y_label=metric)
@@ -382,7 +377,7 @@ def pruning_curve(data: RunData) -> hv.Overlay:
               .opts(color=CLS_COLOUR)]
     return hv.Overlay(curves).opts(hv.opts.Curve(tools=["hover"], line_width=2),
                                    hv.opts.Overlay(
-        title=f"Cumulative pruning{measured}", xlabel=f"heads pruned (ranked by {metric})",
+        title=f"Pruning curve{measured}", xlabel=f"heads pruned (ranked by {metric})",
         width=290, height=320, legend_position="bottom", legend_cols=1, ylim=(0, 1.02), toolbar=None))
 
 
@@ -429,14 +424,14 @@ def entropy_highlight(data: RunData, state: ExplorerState) -> Marks:
     entropy = data.entropy_per_head(state.scope, state.image, state.scope_class).reshape(-1)
     heads = [state.head, *_extra_heads(state, None)]
     return _rings(np.asarray(heads) // data.num_heads, entropy[heads],
-                  f"C1 · head entropy · {data.head_name(state.head)} · "
+                  f"C1 · {data.head_label(state.head)} · "
                   f"{data.scope_label(state.scope, state.image, state.scope_class)}")
 
 
 def hop_profile_frame(data: RunData) -> hv.Curve:
     """C2's axes; `hop_profile_bars` and `hop_profile_lines` draw it."""
     rings = data.strength["profile"].shape[-1]
-    return chart_frame("n-hop neighbours", "strength", width=320, height=280,
+    return chart_frame("n-hop neighbours", "strength", width=340, height=280,
                        xticks=list(range(rings)) if rings <= 16 else 10, xlim=(-0.6, rings - 0.4))
 
 
@@ -449,7 +444,7 @@ def hop_profile_bars(data: RunData, state: ExplorerState) -> Marks:
     top = float(np.nanmax(profiles)) if np.isfinite(profiles).any() else 1.0
     marks = _quads(d - 0.4, 0.0, d + 0.4, np.nan_to_num(profiles[0]), fill=BAR, alpha=1.0, width=0.0,
                    hop=d, strength=profiles[0])
-    return replace(marks, title=f"C2 · n-hop strength · {data.head_name(state.head)} · image {data.ids[state.image]}",
+    return replace(marks, title=f"C2 · strength · {data.head_label(state.head)} · {data.image_label(state.image)}",
                    y_range=(0.0, top * 1.08 or 1.0))
 
 
@@ -483,7 +478,7 @@ def entropy_distribution(data: RunData, state: ExplorerState) -> Marks:
     marks = _quads(edges[:-1], 0.0, edges[1:], counts[0], fill=BAR, alpha=0.8, width=0.0,
                    entropy=(edges[:-1] + edges[1:]) / 2, count=counts[0])
     pad = 0.02 * (edges[-1] - edges[0])
-    return replace(marks, title=f"C3 · entropy of {data.head_name(state.head)}, {data.num_images} images",
+    return replace(marks, title=f"C3 · entropy of {data.head_label(state.head)} · {data.num_images} images",
                    x_range=(edges[0] - pad, edges[-1] + pad), y_range=(0.0, float(counts.max()) * 1.08 or 1.0))
 
 
@@ -551,7 +546,7 @@ def pattern_highlight(data: RunData, state: ExplorerState) -> Marks:
     xy = data.patterns[state.space]["head_xy"]
     heads = [state.head, *_extra_heads(state, None)]
     return _rings(xy[heads, 0], xy[heads, 1],
-                  f"D1 · {state.space} pattern map · {data.head_name(state.head)}", big=19)
+                  f"D1 · {state.space} patterns · {data.head_label(state.head)}", big=19)
 
 
 def prototype_strip(data: RunData, state: ExplorerState) -> hv.Overlay:
@@ -639,7 +634,7 @@ def image_attention_outlines(data: RunData, state: ExplorerState) -> Marks:
     return _quads(c, rows - r - 1, c + 1, rows - r,
                   ring=[CLS_COLOUR] * len(targets) + ["black"] * (len(cells) - len(targets)),
                   width=[1.5] * len(targets) + [3.0] * (len(cells) - len(targets)),
-                  title=f"D2 · {data.token_name(token)} · L{state.layer}H{state.head_in_layer} · "
+                  title=f"D2 · {data.token_name(token)} · {data.head_label(state.head)} · "
                  f"{len(targets)} targets{note}")
 
 
@@ -677,7 +672,7 @@ def attention_links(data: RunData, state: ExplorerState) -> Marks:
                   "y1": np.zeros(len(q)), "weight": w,
                   "colour": np.asarray([PATCH_COLOUR, CLS_COLOUR, "black"], dtype=object)[kind],
                   "alpha": np.asarray([0.35, 0.6, 0.9])[kind], "width": np.asarray([1.0, 1.0, 2.0])[kind]},
-                 f"D3 · {shown} links ≥ {state.threshold:.3g} · {data.head_name(state.head)} "
+                 f"D3 · {shown} links ≥ {state.threshold:.3g} · {data.head_label(state.head)} "
                  f"(top: source l+1, bottom: target l)")
 
 
@@ -698,7 +693,7 @@ def attention_matrix(data: RunData, state: ExplorerState) -> Marks:
         matrix = np.full((T, T), np.nan)
     # Row 0 (the CLS query) on top: the frame's y axis is inverted.
     return _image(matrix[::-1], -0.5, -0.5, T, T, "Oranges", colour_title="attention",
-                  title=f"D4 · attention matrix · {data.head_name(state.head)} · image {data.ids[state.image]}")
+                  title=f"D4 · attention · {data.head_label(state.head)} · {data.image_label(state.image)}")
 
 
 def attention_matrix_row(data: RunData, state: ExplorerState) -> Marks:
@@ -732,5 +727,4 @@ def attention_threshold(data: RunData, state: ExplorerState) -> Marks:
     t = float(state.threshold)
     return Marks({"x0": [t], "y0": [0.5], "x1": [t], "y1": [1e12], "colour": np.asarray([HIGHLIGHT], dtype=object),
                   "alpha": [1.0], "width": [2.0]},
-                 f"D5 · attention values · threshold {state.threshold:.3g} ({above} ≥) · "
-                 f"{data.head_name(state.head)}")
+                 f"D5 · {above} values ≥ {state.threshold:.3g} · {data.head_label(state.head)}")

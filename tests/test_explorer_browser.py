@@ -1,7 +1,7 @@
 """The served explorer in a real browser: `panel serve explorer` on a free localhost port, opened
 in headless Chromium with Playwright. A click on a head in B1 must change C2 and D4 to that
-head, a click on an image in A must change B1 to that image, the page must log no console
-errors, and a screenshot goes to `test-artifacts/explorer.png`.
+head, a click on an image in A must change B1 to that image, no figure may clip its title, the
+page must log no console errors, and a screenshot goes to `test-artifacts/explorer.png`.
 
 Needs Debian's `chromium` (`/usr/bin/chromium`) and the `playwright` Python package; skipped
 with the reason when either is missing.
@@ -43,6 +43,27 @@ TITLES_JS = """() => {
     if (v.frame && v.model.title && v.model.title.text) out[v.model.title.text] = true;
   }
   return Object.keys(out);
+}"""
+# Titles the figure clips: Bokeh draws a title on one line from the left of the plot frame and
+# cuts it at the canvas edge, or at the toolbar when the toolbar sits above the plot. Measured
+# with the title's own font on a canvas, as Bokeh draws it.
+CLIPPED_TITLES_JS = """() => {
+  const ctx = document.createElement("canvas").getContext("2d");
+  const clipped = [];
+  for (const v of Bokeh.index.all_views()) {
+    if (!(v.frame && v.model.title && v.model.title.text)) continue;
+    const t = v.model.title;
+    ctx.font = `${t.text_font_style} ${t.text_font_size} ${t.text_font}`;
+    let right = v.layout.bbox.width;
+    if (v.model.toolbar_location === "above") {
+      const bar = v.owner.find_one(v.model.toolbar);
+      const box = bar ? bar.el.getBoundingClientRect() : null;
+      if (box && box.width > 0) right = Math.min(right, box.left - v.el.getBoundingClientRect().left);
+    }
+    const end = v.frame.bbox.left + ctx.measureText(t.text).width;
+    if (end > right) clipped.push(`${t.text}: ends at ${Math.round(end)} px, room ${Math.round(right)} px`);
+  }
+  return clipped;
 }"""
 POSITION_JS = """([prefix, x, y]) => {
   for (const v of Bokeh.index.all_views()) {
@@ -129,18 +150,19 @@ def test_served_explorer_links_views(server):
             for area in ("A · Image overview", "B · Head importance", "C · Attention strength",
                          "D · Attention patterns"):
                 page.get_by_text(area).first.wait_for(timeout=120_000)
-            _wait_title(page, "D4 ·", data.head_name(first.head))
-            c2_before = _wait_title(page, "C2 ·", data.head_name(first.head))
-            d4_before = _wait_title(page, "D4 ·", data.head_name(first.head))
+            _wait_title(page, "D4 ·", data.head_label(first.head))
+            c2_before = _wait_title(page, "C2 ·", data.head_label(first.head))
+            d4_before = _wait_title(page, "D4 ·", data.head_label(first.head))
+            assert page.evaluate(CLIPPED_TITLES_JS) == []
 
             # Click head `target` in B1 (its x is the flat head index).
             line = data.head_values("probability", "image", first.image).values.reshape(-1)
             x, y = page.evaluate(POSITION_JS, ["B1 · probability", target, float(line[target])])
             page.mouse.click(x, y)
-            c2_after = _wait_title(page, "C2 ·", data.head_name(target))
-            d4_after = _wait_title(page, "D4 ·", data.head_name(target))
+            c2_after = _wait_title(page, "C2 ·", data.head_label(target))
+            d4_after = _wait_title(page, "D4 ·", data.head_label(target))
             assert c2_after != c2_before and d4_after != d4_before
-            _wait_title(page, "B1 · probability", f"selected {data.head_name(target)}")
+            _wait_title(page, "B1 · probability", f" · {data.head_label(target)}")
 
             # Click image `image` in A: B1 now shows that image's importance.
             b1_before = _wait_title(page, "B1 · probability", f"image {data.ids[first.image]}")
@@ -152,6 +174,13 @@ def test_served_explorer_links_views(server):
             # D follows the image too (its attention may be computed live: the first time, the
             # model compiles).
             _wait_title(page, "D4 ·", f"image {data.ids[image]}")
+            assert page.evaluate(CLIPPED_TITLES_JS) == []
+            # The class scope has the longest titles (class name and image count).
+            page.get_by_role("button", name="class", exact=True).click()
+            _wait_title(page, "C1 ·", f"class {data.class_label(int(data.image_class[image]))}")
+            assert page.evaluate(CLIPPED_TITLES_JS) == []
+            page.get_by_role("button", name="image", exact=True).click()
+            _wait_title(page, "C1 ·", f"image {data.ids[image]}")
             page.mouse.move(1, 1)  # no tooltip in the screenshot
             time.sleep(1.0)  # let the last re-render paint before the screenshot
             ARTIFACTS.mkdir(exist_ok=True)

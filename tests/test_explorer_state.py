@@ -135,10 +135,10 @@ def test_served_plots_follow_the_state(linked, data):
     renderer = hv.renderer("bokeh")
     plots = {name: renderer.get_plot(v.plots[name]) for name in ("C2", "D4", "B1", "A")}
     target = data.num_heads_total - 1
-    assert data.head_name(target) not in plots["C2"].state.title.text
+    assert data.head_label(target) not in plots["C2"].state.title.text
     state.select_head(target)
     for name in ("C2", "D4", "B1"):
-        assert data.head_name(target) in plots[name].state.title.text, name
+        assert data.head_label(target) in plots[name].state.title.text, name
     state.select_image(5)
     assert f"image {data.ids[5]}" in plots["C2"].state.title.text
     assert data.ids[5] in plots["A"].state.title.text
@@ -293,7 +293,7 @@ def test_marks_follow_the_selection_in_the_served_figures(linked, data):
     np.testing.assert_allclose(b1.data["x"], [a, b])
     np.testing.assert_allclose(b1.data["y"], values("probability")[[a, b]])
     assert list(b1.data["ring"]) == [views.HIGHLIGHT, views.SECONDARY]
-    assert f"selected {data.head_name(a)}" in figures["B1"].title.text
+    assert figures["B1"].title.text.endswith(f" · {data.head_label(a)}")
     heat = v.marks["B1 heat map boxes"].source(figures["B1 heat map"])
     np.testing.assert_allclose(heat.data["x0"], np.array([a, b]) % H - 0.5)
     np.testing.assert_allclose(heat.data["y0"], np.array([a, b]) // H - 0.5)
@@ -301,7 +301,7 @@ def test_marks_follow_the_selection_in_the_served_figures(linked, data):
     state.metric = "kl"
     np.testing.assert_allclose(b1.data["y"], values("kl")[[a, b]])
     np.testing.assert_allclose(v.marks["B1 values"].source(figures["B1"]).data["y"], values("kl"))
-    assert figures["B1"].title.text.startswith("B1 · kl") and data.head_name(a) in figures["B1"].title.text
+    assert figures["B1"].title.text.startswith("B1 · kl") and data.head_label(a) in figures["B1"].title.text
     assert figures["B1"].yaxis[0].axis_label == "kl"
     y = figures["B1"].y_range
     assert y.start <= np.nanmin(values("kl")) and y.end >= np.nanmax(values("kl"))
@@ -319,4 +319,4 @@ def test_marks_follow_the_selection_in_the_served_figures(linked, data):
     links = v.marks["D3"].source(figures["D3"]).data
     assert len(links["x0"]) == min(views.MAX_LINKS, int((matrix >= state.threshold).sum())) > 0
     np.testing.assert_allclose(links["weight"], matrix[links["x0"].astype(int), links["x1"].astype(int)])
-    assert data.head_name(a) in figures["D3"].title.text
+    assert data.head_label(a) in figures["D3"].title.text

@@ -47,7 +47,7 @@ def test_every_view_renders(which, request):
     data = app.state.data
     assert set(figures) == {"A", "B1", "B1 heat map", "B2", "curve", "C1", "C2", "C3", "distance",
                             "D1", "D1 prototypes", "D2", "D3", "D4", "D5"}
-    head = data.head_name(app.state.head)
+    head = data.head_label(app.state.head)
     for name in ("B1", "C1", "C2", "C3", "D1", "D4"):
         assert head in figures[name].title.text, name
     # Every selection-dependent view renders for another head, image, metric, scope and mode.
@@ -58,7 +58,7 @@ def test_every_view_renders(which, request):
         for scope in SCOPES:
             state.param.update(metric=metric, scope=scope)
             assert np.isfinite(views.head_importance_values(data, state).columns["y"]).all()
-            assert data.head_name(state.head) in views.head_importance_marks(data, state).title
+            assert data.head_label(state.head) in views.head_importance_marks(data, state).title
             bars = views.partial_pruning_bars(data, state)
             assert metric in bars.title or metric in ("taylor", "confidence")
             assert len(views.partial_pruning_glyphs(data, state).columns["x0"]) == 4 * len(PRUNE_MODES) + 1
@@ -77,7 +77,7 @@ def test_every_view_renders(which, request):
     for fn in (views.image_attention_outlines, views.attention_links, views.attention_threshold,
                views.hop_profile_bars, views.entropy_distribution):
         title = fn(data, state).title
-        assert data.head_name(state.head) in title or f"L{state.layer}H{state.head_in_layer}" in title, title
+        assert data.head_label(state.head) in title, title
 
 
 def test_timm_run_has_its_own_grid_and_no_labels(timm_run):
@@ -240,3 +240,31 @@ def test_pruning_curve_view_draws_the_stored_curves_with_the_legend_off_the_line
     older = {k: v for k, v in curve.items() if k != "ranking_images"}
     title = hv.render(views.pruning_curve(SimpleNamespace(curve=older))).title.text
     assert f"{len(curve['images'])} images" in title and "held-out" not in title
+
+
+def test_titles_shorten_long_image_ids_and_class_names(demo, monkeypatch):
+    """Bokeh clips a title at the figure's edge: a long id keeps its end (the file name), a long
+    class name its start, in every title that names them; the sidebar keeps the full names."""
+    from explorer import data as explorer_data
+
+    data = load_run(demo)  # its own copy: the names below are changed
+    long_id = "holidays/2019/beach/IMG_20190612_141516.jpg"
+    long_class = "great white shark, white shark, man-eater"
+    monkeypatch.setattr(data, "ids", [long_id, *data.ids[1:]])
+    monkeypatch.setattr(data, "class_names", [long_class, *data.class_names[1:]])
+    state = ExplorerState(data)
+    state.select_image(0)
+    id_tail = long_id[-(explorer_data.TITLE_ID_CHARS - 1):]
+    for title in (views.hop_profile_bars(data, state).title, views.attention_matrix(data, state).title,
+                  views.entropy_highlight(data, state).title, views.image_marker(data, state).title):
+        assert f"image …{id_tail}" in title and long_id not in title, title
+    assert data.image_label(0) == f"image …{id_tail}"
+    assert len(data.image_label(0)) == len("image ") + explorer_data.TITLE_ID_CHARS
+    labelled = [i for i in range(data.num_images) if data.labels[i] == 0]
+    assert labelled, "the demo run has images of class 0"
+    state.select_image(labelled[0])
+    state.scope = "class"
+    title = views.entropy_highlight(data, state).title
+    assert f"class {long_class[:explorer_data.TITLE_CLASS_CHARS - 1]}… (" in title, title
+    assert data.class_label(0) == long_class[:explorer_data.TITLE_CLASS_CHARS - 1] + "…"
+    assert long_id in data.image_name(0) and long_class in data.image_name(labelled[0])
