@@ -304,8 +304,8 @@ def partial_pruning_bars(data: RunData, state: ExplorerState) -> Marks:
                    np.where(np.isfinite(v), np.maximum(0.0, v), 0.0), fill=fill, alpha=1.0, ring="white", width=1.0,
                    head=[data.head_label(heads[i]) for i in j], mode=[MODE_LABELS[PRUNE_MODES[i]] for i in m],
                    value=v)
-    names = ", ".join(data.head_label(h) for h in heads)
-    return replace(marks, title=f"B2 · {metric} per prune mode · {names}",
+    more = f" +{len(heads) - 1}" if len(heads) > 1 else ""  # the others: grey bars, named on hover
+    return replace(marks, title=f"B2 · {metric} per mode · {data.head_label(heads[0])}{more}",
                    y_range=(glyph_y0 - 0.2 * span, top + 0.05 * span),
                    y_ticks=[round(t, 3) for t in np.linspace(bottom, top, 5)], y_label=metric)
 

@@ -175,6 +175,17 @@ def test_served_explorer_links_views(server):
             # model compiles).
             _wait_title(page, "D4 ·", f"image {data.ids[image]}")
             assert page.evaluate(CLIPPED_TITLES_JS) == []
+            # Several heads: click the prototype of the cluster with the most heads in D1.
+            protos = data.prototypes(first.space)
+            _, proto_h, proto_w = protos.shape
+            cluster = max(range(len(protos)), key=lambda k: len(data.heads_of_cluster(first.space, k)))
+            chosen = data.heads_of_cluster(first.space, cluster)
+            assert len(chosen) > 1
+            x, y = page.evaluate(POSITION_JS, ["D1 · cluster prototypes", (cluster + 0.5) * (proto_w + 1),
+                                               proto_h / 2])
+            page.mouse.click(x, y)
+            _wait_title(page, "B2 ·", f"{data.head_label(chosen[0])} +{min(len(chosen), 9) - 1}")
+            assert page.evaluate(CLIPPED_TITLES_JS) == []
             # The class scope has the longest titles (class name and image count).
             page.get_by_role("button", name="class", exact=True).click()
             _wait_title(page, "C1 ·", f"class {data.class_label(int(data.image_class[image]))}")

@@ -61,6 +61,7 @@ def test_every_view_renders(which, request):
             assert data.head_label(state.head) in views.head_importance_marks(data, state).title
             bars = views.partial_pruning_bars(data, state)
             assert metric in bars.title or metric in ("taylor", "confidence")
+            assert bars.title.endswith(f"· {data.head_label(state.head)} +1"), bars.title  # 2 heads
             assert len(views.partial_pruning_glyphs(data, state).columns["x0"]) == 4 * len(PRUNE_MODES) + 1
     for mode in PRUNE_MODES:
         state.mode = mode
