@@ -129,24 +129,22 @@ class RunData:
         layer, head = divmod(int(flat), self.num_heads)
         return f"L{layer}H{head}"
 
-    def image_label(self, image: int) -> str:
-        """`image <id>` for figure titles; an id longer than `TITLE_ID_CHARS` keeps its end."""
-        return f"image {_keep_end(self.ids[image], TITLE_ID_CHARS)}"
+    def image_label(self, image: int, *, short: bool = True) -> str:
+        """`image <id>`; `short` (for figure titles): an id longer than `TITLE_ID_CHARS` keeps
+        its end."""
+        return f"image {_keep_end(self.ids[image], TITLE_ID_CHARS) if short else self.ids[image]}"
 
-    def class_label(self, class_index: int) -> str:
-        """A class name for figure titles; one longer than `TITLE_CLASS_CHARS` keeps its start."""
+    def class_label(self, class_index: int, *, short: bool = True) -> str:
+        """A class name (-1: "no label"); `short` (for figure titles): one longer than
+        `TITLE_CLASS_CHARS` keeps its start."""
         name = self.class_names[class_index] if class_index >= 0 else "no label"
-        return name if len(name) <= TITLE_CLASS_CHARS else name[:TITLE_CLASS_CHARS - 1] + "…"
+        return name if not short or len(name) <= TITLE_CLASS_CHARS else name[:TITLE_CLASS_CHARS - 1] + "…"
 
     def image_name(self, image: int, *, short: bool = False) -> str:
         """`image <id> (<class>, predicted <class>)`; `short`: with the title forms of the id and
         class names (a Bokeh title does not wrap, and the figure clips it)."""
-        if short:
-            return (f"{self.image_label(image)} ({self.class_label(self.labels[image])}, "
-                    f"predicted {self.class_label(self.prediction[image])})")
-        label = self.labels[image]
-        return (f"image {self.ids[image]} ({self.class_names[label] if label >= 0 else 'no label'}, "
-                f"predicted {self.class_names[self.prediction[image]]})")
+        return (f"{self.image_label(image, short=short)} ({self.class_label(self.labels[image], short=short)}, "
+                f"predicted {self.class_label(self.prediction[image], short=short)})")
 
     def token_name(self, token: int) -> str:
         if token < self.num_prefix:

@@ -127,6 +127,7 @@ def _wait_title(page, prefix: str, contains: str, timeout: float = 60.0) -> str:
 
 
 def test_served_explorer_links_views(server):
+    from explorer import views
     from explorer.data import RunData
     from explorer.state import ExplorerState
 
@@ -184,7 +185,8 @@ def test_served_explorer_links_views(server):
             x, y = page.evaluate(POSITION_JS, ["D1 · cluster prototypes", (cluster + 0.5) * (proto_w + 1),
                                                proto_h / 2])
             page.mouse.click(x, y)
-            _wait_title(page, "B2 ·", f"{data.head_label(chosen[0])} +{min(len(chosen), 9) - 1}")
+            shown = min(len(chosen), views.MAX_EXTRA_HEADS + 1)  # B2 draws at most this many
+            _wait_title(page, "B2 ·", f"{data.head_label(chosen[0])} +{shown - 1}")
             assert page.evaluate(CLIPPED_TITLES_JS) == []
             # The class scope has the longest titles (class name and image count).
             page.get_by_role("button", name="class", exact=True).click()

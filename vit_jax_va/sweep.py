@@ -307,31 +307,24 @@ class Sweep:
         images, originals = self._read(range(start, stop))
         return images, np.stack([thumbnail(original, self.config) for original in originals])
 
-    def _preprocessed(self, positions) -> np.ndarray:
-        """Preprocessed images `[n, H, W, C]` at these positions of the run."""
-        return self._read(positions)[0]
-
     def _read(self, positions) -> tuple[np.ndarray, list]:
         """Preprocessed images `[n, H, W, C]` at these positions of the run, and the decoded images
         they were made from. An image that can no longer be read (its file changed since the
         sweep checked every file) stops the sweep with a `RunError` naming the file and the
         reason; the chunks written so far are kept."""
-        originals, pixels, failed = [], [], []
+        originals, failed = [], []
         for position in (int(i) for i in positions):
             try:
-                original = self.source.image(position)
-                pixels.append(preprocess(self.config, original)[0])
-            except ImageFileError as err:
+                originals.append(self.source.image(position))
+            except ImageFileError as err:  # its message is "path: reason"
                 failed.append((position, err))
-                continue
-            originals.append(original)
         if failed:
-            why = "; ".join(f"{err.path or self.source.ids[i]}: {err.reason}" for i, err in failed)
             raise store.RunError(
                 f"{len(failed)} image(s) of the run (position(s) {_positions([i for i, _ in failed])}) "
-                f"could not be read again; the files changed after the sweep checked them: {why}. "
+                f"could not be read again; the files changed after the sweep checked them: "
+                f"{'; '.join(str(err) for _, err in failed)}. "
                 f"Restore them and run the same command to resume.")
-        return np.stack(pixels), originals
+        return preprocess(self.config, originals), originals
 
     def _pattern_sample(self) -> np.ndarray:
         rng = np.random.default_rng(self.options.seed)
@@ -466,7 +459,7 @@ class Sweep:
         ranking, measured = self._curve_split()
         drop = (np.asarray(imp["baseline_prob"])[None, None, ranking]
                 - np.asarray(imp["prob"][head][..., ranking])).mean(-1)
-        images = self._preprocessed(measured)
+        images, _ = self._read(measured)
         labels = None if self.source.labels is None else np.asarray(self.source.labels)[measured]
         curves = {}
         with self._bar(2, "curve", "order") as bar:
