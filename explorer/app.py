@@ -36,6 +36,7 @@ from explorer import views
 from explorer.data import METRICS, MODE_LABELS, SCOPES, RunData, load_run
 from explorer.marks import DOTS, IMAGE, QUADS, RGBA, RINGS, SEGMENTS, MarksLayer
 from explorer.state import ExplorerState
+from explorer.titles import FigureTitle
 from vit_jax_va import store
 from vit_jax_va.masks import PRUNE_MODES
 
@@ -165,6 +166,8 @@ VIEW_MARKS = {"A": ["A"], "B1": ["B1 line", "B1 values", "B1"], "B1 heat map": [
               "distance": ["distance"], "D1": ["D1"], "D2": ["D2", "D2 attention", "D2 outlines"],
               "D3": ["D3"], "D4": ["D4", "D4 row"], "D5": ["D5", "D5 threshold"]}
 IMPORTANCE = ["metric", "scope", "scope_class", "image", *SELECTION]
+# The views that are figures, each with its title above it (`ExplorerViews.titles`).
+TITLED_VIEWS = [*VIEW_MARKS, "curve", "D1 prototypes"]
 
 
 class ExplorerViews:
@@ -219,7 +222,11 @@ class ExplorerViews:
                         [("attention", "@attention{0.00}"), ("count", "@count")]),
             "D5 threshold": layer(views.attention_threshold, ["image", "head", "threshold"], SEGMENTS),
         }
-        hooks = {view: [self.marks[name].hook for name in names] for view, names in VIEW_MARKS.items()}
+        # Every view's title is drawn as HTML above its figure (explorer.titles), after the
+        # marks layers have written it.
+        self.titles = {view: FigureTitle() for view in TITLED_VIEWS}
+        hooks = {view: [*(self.marks[name].hook for name in VIEW_MARKS.get(view, ())), self.titles[view].hook]
+                 for view in TITLED_VIEWS}
 
         # A
         points = views.image_points(d).opts(hooks=hooks["A"])
@@ -235,7 +242,7 @@ class ExplorerViews:
         self._on("B2", streams.Tap(source=self.b2), self._b2_tap)
         self.b3 = pn.pane.Markdown(pn.bind(lambda *_: views.top5_markdown(d, s), s.param.image,
                                            s.param.head, s.param.mode), width=330)
-        self.curve = views.pruning_curve(d)
+        self.curve = views.pruning_curve(d).opts(hv.opts.Overlay(hooks=hooks["curve"]))
 
         # C
         self.c1 = views.entropy_points(d, s).opts(
@@ -253,7 +260,8 @@ class ExplorerViews:
             width=450, height=420, xaxis=None, yaxis=None, toolbar="above", hooks=hooks["D1"]))
         self._on("D1", streams.Selection1D(source=d1_heads), self._heads_selected)
         self.prototypes = dynamic(views.prototype_strip, d, s, ["space"],
-                                  self._on("D1 prototypes", streams.Tap(), self._prototype_tap))
+                                  self._on("D1 prototypes", streams.Tap(), self._prototype_tap)).opts(
+            hv.opts.Overlay(hooks=hooks["D1 prototypes"]))
         self.d2 = views.image_attention_frame(d).opts(hooks=hooks["D2"])
         self._on("D2", streams.Tap(source=self.d2), self._d2_tap)
         self.d3 = views.attention_links_frame(d).opts(hooks=hooks["D3"])
@@ -346,15 +354,20 @@ def _area(letter: str, title: str, *rows, **size) -> pn.Card:
 
 def main_area(v: ExplorerViews) -> pn.Column:
     """The four areas, laid out like paper-system-overview.png: A beside B, then C, then D."""
-    hvpane = lambda obj: pn.pane.HoloViews(obj, linked_axes=False)  # noqa: E731
-    a = _area("A", "Image overview", hvpane(v.image_overview), width=490)
+    plots = v.plots
+    # A view: its figure, and its title above it. The title pane comes second in the column
+    # but is drawn first (`FigureTitle.pane`): the figure must be rendered first, so that the
+    # title pane is created with the text the figure's hooks gave it.
+    view = lambda name: pn.Column(pn.pane.HoloViews(plots[name], linked_axes=False),  # noqa: E731
+                                  v.titles[name].pane)
+    a = _area("A", "Image overview", view("A"), width=490)
     b = _area("B", "Head importance",
-              pn.Row(hvpane(v.b1_line), hvpane(v.b1_heatmap)),
-              pn.Row(hvpane(v.b2), v.b3, hvpane(v.curve)), min_width=980)
-    c = _area("C", "Attention strength", pn.Row(hvpane(v.c1), hvpane(v.c2), hvpane(v.c3), hvpane(v.trend)))
+              pn.Row(view("B1"), view("B1 heat map")),
+              pn.Row(view("B2"), v.b3, view("curve")), min_width=980)
+    c = _area("C", "Attention strength", pn.Row(view("C1"), view("C2"), view("C3"), view("distance")))
     d = _area("D", "Attention patterns",
-              pn.Row(pn.Column(hvpane(v.d1), hvpane(v.prototypes)),
-                     pn.Column(pn.Row(hvpane(v.d2), hvpane(v.d4), hvpane(v.d5)), hvpane(v.d3))))
+              pn.Row(pn.Column(view("D1"), view("D1 prototypes")),
+                     pn.Column(pn.Row(view("D2"), view("D4"), view("D5")), view("D3"))))
     return pn.Column(pn.Row(a, b, sizing_mode="stretch_width"), c, d, sizing_mode="stretch_width")
 
 

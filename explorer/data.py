@@ -27,8 +27,8 @@ import numpy as np
 from vit_jax_va import store
 from vit_jax_va.masks import PRUNE_MODES
 
-# Figure titles (Bokeh draws them on one line and clips them at the figure's edge) shorten
-# image ids and class names to these lengths.
+# Figure titles shorten image ids and class names to these lengths, so that a title stays on
+# one or two lines above its figure (`explorer.titles`: they wrap there, in any font).
 TITLE_ID_CHARS = 12
 TITLE_CLASS_CHARS = 10
 
@@ -142,7 +142,7 @@ class RunData:
 
     def image_name(self, image: int, *, short: bool = False) -> str:
         """`image <id> (<class>, predicted <class>)`; `short`: with the title forms of the id and
-        class names (a Bokeh title does not wrap, and the figure clips it)."""
+        class names (which keep a figure's title short)."""
         return (f"{self.image_label(image, short=short)} ({self.class_label(self.labels[image], short=short)}, "
                 f"predicted {self.class_label(self.prediction[image], short=short)})")
 

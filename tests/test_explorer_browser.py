@@ -1,7 +1,9 @@
 """The served explorer in a real browser: `panel serve explorer` on a free localhost port, opened
 in headless Chromium with Playwright. A click on a head in B1 must change C2 and D4 to that
-head, a click on an image in A must change B1 to that image, no figure may clip its title, the
-page must log no console errors, and a screenshot goes to `test-artifacts/explorer.png`.
+head, a click on an image in A must change B1 to that image, every figure's title must be shown
+in full above it (in the page's fonts and in DejaVu Sans, the widest font of a fresh Debian
+machine, which `.ci/run` installs), the page must log no console errors, and a screenshot goes
+to `test-artifacts/explorer.png`.
 
 Needs Debian's `chromium` (`/usr/bin/chromium`) and the `playwright` Python package; skipped
 with the reason when either is missing.
@@ -17,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from explorer.titles import TITLE_CLASS
 from tests.explorer_runs import REPO, demo_runs_dir
 
 CHROMIUM = "/usr/bin/chromium"
@@ -32,39 +35,32 @@ if not Path(CHROMIUM).is_file():
     pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)", allow_module_level=True)
 if _REQUIRED:
     import playwright.sync_api as _sync_api  # noqa: F401  (an ImportError fails the run)
+    # The titles are checked in DejaVu Sans: without it the browser would silently use another font.
+    _fonts = subprocess.run(["fc-list", ":", "family"], capture_output=True, text=True).stdout
+    if "DejaVu Sans" not in _fonts:
+        raise RuntimeError("the font DejaVu Sans is missing (apt-get install fonts-dejavu-core)")
 playwright = pytest.importorskip("playwright.sync_api", reason="playwright is missing "
                                  "(pip install playwright; no browser download needed)")
 
-# Titles of the Bokeh figures on the page, by their first words; and a figure's screen position
-# of a data point, from the figure's own scales (so the test clicks where the data is).
-TITLES_JS = """() => {
-  const out = {};
+# What the page shows of each figure's title: the HTML title elements above the figures
+# (`explorer.titles`), found through Panel's shadow roots by `page.locator`; and for each figure
+# its title model (which names it: POSITION_JS finds a figure by it), whether the canvas draws
+# that title, and the figure's width on the screen.
+TITLE_BOXES_JS = """els => els.map(e => ({
+  text: e.textContent, scroll: e.scrollWidth, client: e.clientWidth,
+  width: e.getBoundingClientRect().width}))"""
+FIGURES_JS = """() => {
+  const out = [];
   for (const v of Bokeh.index.all_views()) {
-    if (v.frame && v.model.title && v.model.title.text) out[v.model.title.text] = true;
+    if (!(v.frame && v.model.title)) continue;
+    out.push({title: v.model.title.text || "", drawn: v.model.title.visible && !!v.model.title.text,
+              width: v.el.getBoundingClientRect().width});
   }
-  return Object.keys(out);
+  return out;
 }"""
-# Titles the figure clips: Bokeh draws a title on one line from the left of the plot frame and
-# cuts it at the canvas edge, or at the toolbar when the toolbar sits above the plot. Measured
-# with the title's own font on a canvas, as Bokeh draws it.
-CLIPPED_TITLES_JS = """() => {
-  const ctx = document.createElement("canvas").getContext("2d");
-  const clipped = [];
-  for (const v of Bokeh.index.all_views()) {
-    if (!(v.frame && v.model.title && v.model.title.text)) continue;
-    const t = v.model.title;
-    ctx.font = `${t.text_font_style} ${t.text_font_size} ${t.text_font}`;
-    let right = v.layout.bbox.width;
-    if (v.model.toolbar_location === "above") {
-      const bar = v.owner.find_one(v.model.toolbar);
-      const box = bar ? bar.el.getBoundingClientRect() : null;
-      if (box && box.width > 0) right = Math.min(right, box.left - v.el.getBoundingClientRect().left);
-    }
-    const end = v.frame.bbox.left + ctx.measureText(t.text).width;
-    if (end > right) clipped.push(`${t.text}: ends at ${Math.round(end)} px, room ${Math.round(right)} px`);
-  }
-  return clipped;
-}"""
+# The widest font a fresh Debian machine has; titles are checked in it too, whatever the page's
+# own fonts are on the machine that runs the test.
+SET_FONT_JS = """(els, family) => { for (const e of els) e.style.fontFamily = family; }"""
 POSITION_JS = """([prefix, x, y]) => {
   for (const v of Bokeh.index.all_views()) {
     if (!(v.frame && v.model.title && v.model.title.text.startsWith(prefix))) continue;
@@ -114,16 +110,45 @@ def server(tmp_path_factory):
         log.close()
 
 
+def _titles(page) -> list[str]:
+    """The figure titles the page shows (its HTML titles)."""
+    return [t.strip() for t in page.locator(f".{TITLE_CLASS}").all_text_contents()]
+
+
 def _wait_title(page, prefix: str, contains: str, timeout: float = 60.0) -> str:
-    """The title of the figure starting with `prefix` once it contains `contains`."""
+    """The title the page shows starting with `prefix`, once it contains `contains`."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        titles = [t for t in page.evaluate(TITLES_JS) if t.startswith(prefix)]
+        titles = [t for t in _titles(page) if t.startswith(prefix)]
         if titles and contains in titles[0]:
             return titles[0]
         time.sleep(0.25)
-    raise AssertionError(f"no figure title {prefix!r}... containing {contains!r}; "
-                         f"titles: {page.evaluate(TITLES_JS)}")
+    raise AssertionError(f"no figure title {prefix!r}... containing {contains!r}; titles: {_titles(page)}")
+
+
+def _clipped_titles(page) -> list[str]:
+    """What is wrong with the titles as the page shows them, in its own fonts and in the widest
+    font (empty: every figure's title is shown in full above it). A title is clipped if the
+    canvas draws it (Bokeh cuts it at the figure's edge), if it is not shown above its figure,
+    if its text overflows its element or if the element is wider than its figure."""
+    figures = page.evaluate(FIGURES_JS)
+    widths = {f["title"]: f["width"] for f in figures if f["title"]}
+    problems = [f"{f['title']}: drawn on the canvas" for f in figures if f["drawn"]]
+    locator = page.locator(f".{TITLE_CLASS}")
+    for font in ("page", "DejaVu Sans"):
+        if font != "page":
+            locator.evaluate_all(SET_FONT_JS, f"'{font}'")
+        boxes = locator.evaluate_all(TITLE_BOXES_JS)
+        shown = {b["text"].strip() for b in boxes}
+        problems += [f"{t}: not shown above its figure" for t in widths if t not in shown]
+        for b in boxes:
+            text = b["text"].strip()
+            if b["scroll"] > b["client"] + 1:
+                problems.append(f"{text} ({font} font): {b['scroll']} px of text in {b['client']} px")
+            if text in widths and b["width"] > widths[text] + 1:
+                problems.append(f"{text}: {b['width']:.0f} px wide above a {widths[text]:.0f} px figure")
+    locator.evaluate_all(SET_FONT_JS, "")  # back to the page's fonts
+    return sorted(set(problems))
 
 
 def test_served_explorer_links_views(server):
@@ -154,7 +179,7 @@ def test_served_explorer_links_views(server):
             _wait_title(page, "D4 ·", data.head_label(first.head))
             c2_before = _wait_title(page, "C2 ·", data.head_label(first.head))
             d4_before = _wait_title(page, "D4 ·", data.head_label(first.head))
-            assert page.evaluate(CLIPPED_TITLES_JS) == []
+            assert _clipped_titles(page) == []
 
             # Click head `target` in B1 (its x is the flat head index).
             line = data.head_values("probability", "image", first.image).values.reshape(-1)
@@ -175,7 +200,7 @@ def test_served_explorer_links_views(server):
             # D follows the image too (its attention may be computed live: the first time, the
             # model compiles).
             _wait_title(page, "D4 ·", f"image {data.ids[image]}")
-            assert page.evaluate(CLIPPED_TITLES_JS) == []
+            assert _clipped_titles(page) == []
             # Several heads: click the prototype of the cluster with the most heads in D1.
             protos = data.prototypes(first.space)
             _, proto_h, proto_w = protos.shape
@@ -187,11 +212,11 @@ def test_served_explorer_links_views(server):
             page.mouse.click(x, y)
             shown = min(len(chosen), views.MAX_EXTRA_HEADS + 1)  # B2 draws at most this many
             _wait_title(page, "B2 ·", f"{data.head_label(chosen[0])} +{shown - 1}")
-            assert page.evaluate(CLIPPED_TITLES_JS) == []
+            assert _clipped_titles(page) == []
             # The class scope has the longest titles (class name and image count).
             page.get_by_role("button", name="class", exact=True).click()
             _wait_title(page, "C1 ·", f"class {data.class_label(int(data.image_class[image]))}")
-            assert page.evaluate(CLIPPED_TITLES_JS) == []
+            assert _clipped_titles(page) == []
             page.get_by_role("button", name="image", exact=True).click()
             _wait_title(page, "C1 ·", f"image {data.ids[image]}")
             page.mouse.move(1, 1)  # no tooltip in the screenshot

@@ -133,7 +133,16 @@ def test_served_plots_follow_the_state(linked, data):
     head and image, and C2's bars carry the new head's profile."""
     state, v = linked
     renderer = hv.renderer("bokeh")
-    plots = {name: renderer.get_plot(v.plots[name]) for name in ("C2", "D4", "B1", "A")}
+    plots = {name: renderer.get_plot(view) for name, view in v.plots.items()}
+
+    def shown_titles_follow():
+        # Every view's title is shown above its figure (explorer.titles), not on its canvas.
+        for name, plot in plots.items():
+            assert plot.state.title.text and v.titles[name].text == plot.state.title.text, name
+            assert not plot.state.title.visible, name
+            assert v.titles[name].pane.width == plot.state.width, name
+
+    shown_titles_follow()
     target = data.num_heads_total - 1
     assert data.head_label(target) not in plots["C2"].state.title.text
     state.select_head(target)
@@ -142,6 +151,7 @@ def test_served_plots_follow_the_state(linked, data):
     state.select_image(5)
     assert f"image {data.ids[5]}" in plots["C2"].state.title.text
     assert data.ids[5] in plots["A"].state.title.text
+    shown_titles_follow()
 
 
 def test_sessions_have_their_own_state(runs):

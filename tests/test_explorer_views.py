@@ -269,3 +269,18 @@ def test_titles_shorten_long_image_ids_and_class_names(demo, monkeypatch):
     assert f"class {long_class[:explorer_data.TITLE_CLASS_CHARS - 1]}… (" in title, title
     assert data.class_label(0) == long_class[:explorer_data.TITLE_CLASS_CHARS - 1] + "…"
     assert long_id in data.image_name(0) and long_class in data.image_name(labelled[0])
+
+
+def test_a_figure_title_is_shown_as_html_that_follows_it():
+    """`FigureTitle` shows a figure's title (escaped) in its HTML pane instead of on the canvas,
+    and follows every later change of the title, as the marks layers make them."""
+    from explorer.titles import TITLE_CLASS, FigureTitle
+
+    title = FigureTitle()
+    figure = hv.renderer("bokeh").get_plot(hv.Curve([]).opts(title="C2 · <b>a</b> & b", width=333,
+                                                             hooks=[title.hook])).state
+    assert not figure.title.visible and title.pane.width == 333
+    assert title.text == "C2 · <b>a</b> & b"
+    assert f'class="{TITLE_CLASS}"' in title.pane.object and "&lt;b&gt;a&lt;/b&gt; &amp; b" in title.pane.object
+    figure.title.text = "C2 · L1H2"
+    assert title.text == "C2 · L1H2" and "C2 · L1H2<" in title.pane.object

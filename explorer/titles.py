@@ -1,0 +1,65 @@
+"""Figure titles drawn as HTML above their figures, where they wrap.
+
+Bokeh draws a figure's title on its canvas, on one line, and cuts it off at the figure's edge, so
+whether a title fits depends on the reader's fonts: DejaVu Sans, the one sans-serif font of a
+fresh Debian machine, is about 15% wider than Helvetica or Liberation Sans, and four titles that
+fitted on one machine were cut on another. An HTML element wraps its text in whatever font the
+browser has.
+
+So each view keeps its title where HoloViews and the marks layers (`explorer.marks`) write it,
+in its figure's Bokeh `Title` model (which the tests read), but the canvas does not draw it: a
+`FigureTitle` shows the same text in an HTML element above the figure, as wide as the figure,
+and follows every change of it. A view's title is therefore always the model's `title.text`;
+this module only decides where it is drawn.
+"""
+
+from __future__ import annotations
+
+import html
+
+import panel as pn
+
+# The class of the element that holds a title's text (the browser test finds titles by it).
+TITLE_CLASS = "figure-title"
+STYLE = ("font-weight:bold;font-size:10pt;line-height:1.3;color:#333;"
+         "overflow-wrap:anywhere;white-space:normal")
+
+
+class FigureTitle:
+    """The HTML title of one view of one session: `pane` goes above the view's HoloViews pane,
+    and `hook` into the view's HoloViews hooks (after the marks layers'), so that every figure
+    HoloViews draws for the view hides its canvas title and has its text shown in `pane`."""
+
+    def __init__(self):
+        # Shown first in its column (CSS `order`), though placed after the figure: Panel drops
+        # changes to a pane made while its page is still being built, so the pane must be made
+        # after the figure's hooks have given it its text and width.
+        self.pane = pn.pane.HTML("", margin=(2, 5, 0, 5), sizing_mode=None, styles={"order": "-1"})
+        self._watched: set[str] = set()  # ids of the Title models followed
+        self._text = ""
+
+    @property
+    def text(self) -> str:
+        """The title as shown (the figure's title text)."""
+        return self._text
+
+    def hook(self, plot, element) -> None:
+        """HoloViews hook: show the figure's title here, not on its canvas, now and whenever it
+        changes (HoloViews may replace the `Title` model when it re-renders, so each new one is
+        followed)."""
+        figure = plot.state
+        title = figure.title
+        if title is None:
+            return
+        title.visible = False
+        if title.id not in self._watched:
+            self._watched.add(title.id)
+            title.on_change("text", lambda attr, old, new: self._show(new))
+        if figure.width:
+            self.pane.width = int(figure.width)
+        self._show(title.text)
+
+    def _show(self, text: str | None) -> None:
+        self._text = text or ""
+        self.pane.object = (f'<div class="{TITLE_CLASS}" style="{STYLE}">{html.escape(self._text)}</div>'
+                            if self._text else "")
