@@ -13,7 +13,7 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax_cases import random_vit
+from jax_cases import assert_same_predictions, random_vit
 from PIL import Image
 
 import vit_jax_va
@@ -51,8 +51,9 @@ def test_store_holds_what_the_library_computes(in_memory_run):
     images = next(dataset.batches(CONFIG, batch_size=10)).images
     ablation = ablate_heads(model, images, dataset.labels, modes=vit_jax_va.PRUNE_MODES)
     importance = run.arrays("importance")
-    for key in ("prob", "correct", "loss", "kl", "top5_classes", "baseline_prob", "reference"):
+    for key in ("prob", "loss", "kl", "baseline_prob"):
         np.testing.assert_allclose(importance[key], getattr(ablation, key), atol=1e-6, err_msg=key)
+    assert_same_predictions(importance, ablation, atol=1e-6)  # class orders: ties may swap
     attention = model(jnp.asarray(images), return_attention=True).attention
     entropy = vit_jax_va.head_entropy(vit_jax_va.hop_profile(attention, CONFIG.grid, 1))
     np.testing.assert_allclose(run.array("strength", "entropy"), entropy, atol=1e-5)
@@ -70,7 +71,11 @@ def test_store_holds_what_the_library_computes(in_memory_run):
     np.testing.assert_array_equal(curve["images"], [1, 3, 5, 7, 9])
     np.testing.assert_array_equal(curve["ranking_images"], [0, 2, 4, 6, 8])
     ranking_drop = (ablation.baseline_prob[None, None, ::2] - ablation.prob[1][..., ::2]).mean(-1)
-    np.testing.assert_array_equal(curve["order_most"], np.argsort(-ranking_drop.reshape(-1), kind="stable"))
+    # Most important first: the heads in the order of their drops on the ranking images (heads
+    # whose drops tie within the last bits, recomputed here by another program, in either order).
+    order = np.asarray(curve["order_most"])
+    assert sorted(order) == list(range(4))
+    assert (np.diff(ranking_drop.reshape(-1)[order]) <= 1e-6).all(), (order, ranking_drop)
     for step, pruned in enumerate(curve["num_pruned"]):
         mask = np.ones(4, np.float32)
         mask[curve["order_most"][:pruned]] = 0
