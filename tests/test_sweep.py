@@ -213,6 +213,55 @@ def test_kill_and_resume_equals_an_uninterrupted_run(timm_checkpoint_and_pngs, u
     assert "nothing to do" in finished.stdout
 
 
+def test_a_run_resumed_on_changed_images_is_refused_naming_them(timm_checkpoint_and_pngs, tmp_path):
+    """Killed after its first chunk, a run whose folder then loses one image and gains another
+    (the same count, so every other setting matches) is refused naming both, not resumed with
+    the next image's results filed under the first; with the folder restored it resumes."""
+    import shutil
+
+    checkpoint, pngs = timm_checkpoint_and_pngs
+    folder = shutil.copytree(pngs, tmp_path / "pngs")
+    out = tmp_path / "run"
+    process = subprocess.Popen(_sweep_cli(checkpoint, folder, out), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (out / "chunks" / "000000.npz").exists() and time.time() < deadline:
+        assert process.poll() is None, "the sweep ended before it could be killed"
+        time.sleep(0.005)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    first = folder / "cat" / "01.png"
+    kept = first.read_bytes()
+    first.unlink()
+    (folder / "cat" / "99.png").write_bytes((folder / "dog" / "00.png").read_bytes())
+    again = subprocess.run(_sweep_cli(checkpoint, folder, out), capture_output=True, text=True)
+    assert again.returncode != 0
+    assert "other images" in again.stderr and "gone: cat/01.png" in again.stderr, again.stderr
+    assert "new: cat/99.png" in again.stderr, again.stderr
+    assert not json.loads((out / "manifest.json").read_text())["complete"]
+    (folder / "cat" / "99.png").unlink()
+    first.write_bytes(kept)
+    resumed = subprocess.run(_sweep_cli(checkpoint, folder, out), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads((out / "manifest.json").read_text())["complete"]
+
+
+def test_an_image_swapped_during_the_sweep_stops_it_by_name(tmp_path):
+    """A file replaced by another readable image after the sweep checked it: the chunk that
+    reads it stops the sweep naming it (its pixels are not the recorded ones)."""
+    from vit_jax_va.data import load_image_folder, pixel_digest, read_image
+
+    _png_folder(tmp_path / "pngs")
+    dataset = usable_images(load_image_folder(tmp_path / "pngs"), log=lambda _: None)
+    assert dataset.fingerprints() == [pixel_digest(read_image(p)) for p in dataset.images]
+    victim, other = dataset.images[5], dataset.images[0]
+    victim.write_bytes(other.read_bytes())  # still a valid PNG, other pixels
+    sweep = Sweep(random_vit(CONFIG, seed=0), dataset, tmp_path / "run",
+                  options=SweepOptions(**{**SMALL, "curve_images": 4}), progress=False, log=lambda _: None)
+    with pytest.raises(store.RunError, match=rf"position\(s\) 5\).*{dataset.ids[5]}: its pixels are not"):
+        sweep.run()
+
+
 def _png_folder(root: Path, count: int = 8) -> Path:
     """`count` random 16 x 16 greyscale PNGs, one sub-folder per class of CONFIG."""
     rng = np.random.default_rng(3)

@@ -136,6 +136,18 @@ def read_image(path: str | os.PathLike, *, max_pixels: int = MAX_PIXELS,
             raise ImageFileError(path, f"truncated or corrupt image ({err})") from None
 
 
+def pixel_digest(image: Image.Image | np.ndarray) -> str:
+    """What an image is, as a sweep records it: the SHA-256 (hex) of its decoded pixels (an
+    8-bit PIL image as `read_image` returns it, or a uint8 array `[h, w(, c)]`) with their shape.
+
+    The pixels, not the file: they are what the model sees, and they are hashed in the reads a
+    sweep makes anyway (the up-front check and each chunk), so recording them costs no extra
+    read and a file swapped between two reads is caught. A file re-encoded without loss keeps its
+    digest; one that a new decoder reads differently does not, and its results would differ."""
+    pixels = np.ascontiguousarray(np.asarray(image))
+    return hashlib.sha256(f"{pixels.dtype.str}{list(pixels.shape)}".encode() + pixels.tobytes()).hexdigest()
+
+
 def to_8bit(image: Image.Image, *, background: int = 0) -> Image.Image:
     """Any PIL image -> 8-bit 'L' (greyscale sources) or 'RGB' (colour sources).
 
@@ -366,6 +378,7 @@ class ImageDataset:
         self.background = int(background)
         self._skipped: list[SkippedImage] = []
         self._skipped_at: set[int] = set()
+        self._digests: dict[int, str] = {}  # pixel_digest of the images `check` read
 
     def __len__(self) -> int:
         return len(self.images)
@@ -425,24 +438,35 @@ class ImageDataset:
             yield self._batch(pending)
 
     def check(self) -> list[SkippedImage]:
-        """Open every file once (no preprocessing); record, warn about and return the unusable ones."""
+        """Open every file once (no preprocessing); record, warn about and return the unusable
+        ones. The usable images' `fingerprints` are taken from this read."""
         if not self.in_memory:
             for index in range(len(self)):
                 if index not in self._skipped_at:
                     try:
-                        self._read(index)
+                        self._digests[index] = pixel_digest(self._read(index))
                     except ImageFileError as err:
                         self._record(index, err, warn=True)
         return self.skipped
+
+    def fingerprints(self) -> list[str]:
+        """`pixel_digest` of every image, `[N]`: from `check` where it read the file, else read
+        now. Raises `ImageFileError` for an image that cannot be read."""
+        for index in range(len(self)):
+            if index not in self._digests:
+                self._digests[index] = pixel_digest(self._read(index))
+        return [self._digests[i] for i in range(len(self))]
 
     def subset(self, indices: Sequence[int]) -> "ImageDataset":
         """A new data set of the images at `indices` (same classes and description)."""
         indices = [int(i) for i in indices]
         images = self.images[indices] if self.in_memory else [self.images[i] for i in indices]
-        return ImageDataset(images, labels=None if self.labels is None else self.labels[indices],
-                            class_names=self.class_names, ids=[self.ids[i] for i in indices],
-                            description={**self.description, "subset_of": len(self)},
-                            max_pixels=self.max_pixels, background=self.background)
+        subset = ImageDataset(images, labels=None if self.labels is None else self.labels[indices],
+                              class_names=self.class_names, ids=[self.ids[i] for i in indices],
+                              description={**self.description, "subset_of": len(self)},
+                              max_pixels=self.max_pixels, background=self.background)
+        subset._digests = {new: self._digests[old] for new, old in enumerate(indices) if old in self._digests}
+        return subset
 
     def manifest(self) -> dict[str, Any]:
         """JSON-ready summary for a results store: description, counts, classes, skipped files."""

@@ -5,7 +5,9 @@ Layout (every array is a `.npy` file that numpy, pandas and friends read without
 
     RUN/
       manifest.json       schema version, model (config, weights hash, source), data, options,
-                          library versions, timings, stages done, complete flag
+                          images (count, digest of inputs.json), library versions, timings,
+                          stages done, complete flag
+      inputs.json         ids [N] and pixels_sha256 [N]: what each image of the run is
       images/             ids [N] str, labels [N] int (-1: none), prediction [N], probs [N, K],
                           features [N, C] (pre-logits), overview_xy [N, 2], thumbnails [N, h, w, c]
       importance/         prob, correct, loss, kl [M, L, H, N]; top5_classes, top5_probs
@@ -39,6 +41,7 @@ import numpy as np
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
+INPUTS = "inputs.json"  # the run's image ids and pixel digests (`data.pixel_digest`)
 GROUPS = ("images", "importance", "strength", "curve", "patterns/patch", "patterns/cls")
 
 
@@ -201,6 +204,15 @@ class Run:
         return load_autoencoder(self.path / "patterns" / space / "autoencoder")
 
 
+def read_json(path: str | os.PathLike) -> Any:
+    """A JSON file of a run (`RunError` naming the file if it is not valid JSON)."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise RunError(f"{path} is not valid JSON: {err}") from None
+
+
 def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     manifest_path = path / MANIFEST
@@ -208,10 +220,7 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
         raise RunError(f"no run at {path}")
     if not manifest_path.is_file():
         raise RunError(f"{path} is not a vit_jax_va run: it has no {MANIFEST}")
-    try:
-        return json.loads(manifest_path.read_text())
-    except json.JSONDecodeError as err:
-        raise RunError(f"{manifest_path} is not valid JSON: {err}") from None
+    return read_json(manifest_path)
 
 
 def open_run(path: str | os.PathLike, *, allow_incomplete: bool = False) -> Run:

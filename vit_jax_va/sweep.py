@@ -18,6 +18,7 @@ finished chunk or stage and ends with the same results as an uninterrupted run.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib.metadata
 import platform
 import sys
@@ -33,7 +34,7 @@ from flax import nnx
 
 from vit_jax_va import store
 from vit_jax_va.checkpoint import weights_hash
-from vit_jax_va.data import ImageFileError
+from vit_jax_va.data import ImageFileError, pixel_digest
 from vit_jax_va.devices import local_data_mesh
 from vit_jax_va.masks import PRUNE_MODES
 from vit_jax_va.model import ViT
@@ -189,12 +190,16 @@ class Sweep:
         self.log, self.progress = log, progress
         self.config = model.config
         self.num_images = len(source)
+        # What each image is (`data.pixel_digest` of what the model sees), so that a run resumed
+        # on changed data is refused instead of filing results under the wrong images.
+        self.inputs = {"ids": list(source.ids), "pixels_sha256": source.fingerprints()}
         self.identity = {
             "schema_version": store.SCHEMA_VERSION,
             "model": {"config": self.config.to_dict(), "weights_sha256": weights_hash(model),
                       "source": model_source},
             "data": source.manifest(),
             "options": dataclasses.asdict(options),
+            "images": {"count": self.num_images, "sha256": _inputs_digest(self.inputs)},
         }
         self.manifest: dict[str, Any] = {}
 
@@ -204,6 +209,7 @@ class Sweep:
         path = self.path / store.MANIFEST
         if path.is_file():
             manifest = store.read_manifest(self.path)
+            self._check_images(manifest)
             for key in ("schema_version", "model", "data", "options"):
                 differences = _differences(_jsonable(manifest.get(key)),
                                            _jsonable(self.identity[key]), key)
@@ -217,7 +223,31 @@ class Sweep:
                 raise store.RunError(f"{self.path} exists and is not a run; choose another --out")
             self.manifest = {**self.identity, "versions": _versions(), "stages_done": [],
                              "timings_s": {}, "complete": False, "created": time.time()}
+            store.write_json(self.path / store.INPUTS, self.inputs)  # before the manifest
             store.write_json(path, self.manifest)
+
+    def _check_images(self, manifest: dict[str, Any]) -> None:
+        """Refuse to continue a run on other images than it was started on, naming them."""
+        recorded = manifest.get("images")
+        if recorded == self.identity["images"]:
+            return
+        if recorded is None:
+            if manifest.get("complete"):
+                return  # a finished run of a version that recorded no images: nothing to resume
+            raise store.RunError(
+                f"{self.path} holds an unfinished run of an earlier vit-jax-va, which recorded no "
+                f"image digests, so it cannot be told whether its images are the ones given now; "
+                f"choose another --out (or delete it)")
+        try:
+            before = store.read_json(self.path / store.INPUTS)
+        except (OSError, ValueError):
+            before = None
+        changes = _image_changes(before, self.inputs) if before else [
+            f"{recorded.get('count')} images before, {self.num_images} now"]
+        raise store.RunError(
+            f"{self.path} holds a run of other images than the ones given now: "
+            + "; ".join(changes) + ". Its results so far belong to the images it was started on: "
+            "restore them and run the same command to resume, or choose another --out")
 
     def _join(self) -> None:
         """A process other than 0: read the manifest process 0 opened (the run directory must
@@ -228,7 +258,7 @@ class Sweep:
                 f"process {jax.process_index()} does not see {path}, which process 0 wrote: "
                 "--out must be on storage every host sees")
         manifest = store.read_manifest(self.path)
-        for key in ("schema_version", "model", "data", "options"):
+        for key in ("schema_version", "model", "data", "options", "images"):
             differences = _differences(_jsonable(manifest.get(key)), _jsonable(self.identity[key]), key)
             if differences:
                 raise store.RunError(f"process {jax.process_index()} has other {key} settings "
@@ -315,13 +345,19 @@ class Sweep:
         originals, failed = [], []
         for position in (int(i) for i in positions):
             try:
-                originals.append(self.source.image(position))
+                original = self.source.image(position)
             except ImageFileError as err:  # its message is "path: reason"
                 failed.append((position, err))
+                continue
+            if pixel_digest(original) != self.inputs["pixels_sha256"][position]:
+                failed.append((position, f"{self.source.ids[position]}: its pixels are not the ones "
+                                         f"the run was started on"))
+            originals.append(original)
         if failed:
             raise store.RunError(
                 f"{len(failed)} image(s) of the run (position(s) {_positions([i for i, _ in failed])}) "
-                f"could not be read again; the files changed after the sweep checked them: "
+                f"could not be read again or are not what they were: the files changed after the "
+                f"sweep checked them: "
                 f"{'; '.join(str(err) for _, err in failed)}. "
                 f"Restore them and run the same command to resume.")
         return preprocess(self.config, originals), originals
@@ -619,6 +655,27 @@ def _pad(array: np.ndarray, size: int) -> np.ndarray:
     if len(array) == size:
         return array
     return np.concatenate([array, np.zeros((size - len(array), *array.shape[1:]), array.dtype)])
+
+
+def _inputs_digest(inputs: dict[str, list[str]]) -> str:
+    """One SHA-256 over the run's image ids and pixel digests, in order."""
+    lines = "".join(f"{i}\t{d}\n" for i, d in zip(inputs["ids"], inputs["pixels_sha256"]))
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def _image_changes(before: dict[str, list[str]], now: dict[str, list[str]], shown: int = 5) -> list[str]:
+    """What differs between the images a run recorded and the ones given now, by id."""
+    old = dict(zip(before["ids"], before["pixels_sha256"]))
+    new = dict(zip(now["ids"], now["pixels_sha256"]))
+    name = lambda ids: ", ".join(ids[:shown]) + (f" and {len(ids) - shown} more" if len(ids) > shown else "")  # noqa: E731
+    gone = [i for i in before["ids"] if i not in new]
+    added = [i for i in now["ids"] if i not in old]
+    changed = [i for i in now["ids"] if i in old and old[i] != new[i]]
+    changes = ([f"gone: {name(gone)}"] if gone else []) + ([f"new: {name(added)}"] if added else []) + (
+        [f"other pixels: {name(changed)}"] if changed else [])
+    if not changes:
+        changes = ["the same images in another order"]
+    return changes
 
 
 def _jsonable(value: Any) -> Any:
