@@ -1,4 +1,5 @@
-"""`panel serve explorer [--args --runs DIR --run NAME]`: the linked-views explorer."""
+"""`panel serve explorer --address localhost [--args --runs DIR --run NAME]`: the linked-views
+explorer (`app_hooks.py` refuses to serve it without `--address`)."""
 
 from explorer.app import build_app
 
