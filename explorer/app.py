@@ -355,11 +355,8 @@ def _area(letter: str, title: str, *rows, **size) -> pn.Card:
 def main_area(v: ExplorerViews) -> pn.Column:
     """The four areas, laid out like paper-system-overview.png: A beside B, then C, then D."""
     plots = v.plots
-    # A view: its figure, and its title above it. The title pane comes second in the column
-    # but is drawn first (`FigureTitle.pane`): the figure must be rendered first, so that the
-    # title pane is created with the text the figure's hooks gave it.
-    view = lambda name: pn.Column(pn.pane.HoloViews(plots[name], linked_axes=False),  # noqa: E731
-                                  v.titles[name].pane)
+    view = lambda name: pn.Column(v.titles[name].pane,  # noqa: E731  (a view: its title above its figure)
+                                  pn.pane.HoloViews(plots[name], linked_axes=False))
     a = _area("A", "Image overview", view("A"), width=490)
     b = _area("B", "Head importance",
               pn.Row(view("B1"), view("B1 heat map")),

@@ -18,6 +18,7 @@ from __future__ import annotations
 import html
 
 import panel as pn
+from bokeh.models import Div
 
 # The class of the element that holds a title's text (the browser test finds titles by it).
 TITLE_CLASS = "figure-title"
@@ -28,13 +29,16 @@ STYLE = ("font-weight:bold;font-size:10pt;line-height:1.3;color:#333;"
 class FigureTitle:
     """The HTML title of one view of one session: `pane` goes above the view's HoloViews pane,
     and `hook` into the view's HoloViews hooks (after the marks layers'), so that every figure
-    HoloViews draws for the view hides its canvas title and has its text shown in `pane`."""
+    HoloViews draws for the view hides its canvas title and has its text shown in `pane`.
+
+    The text is a Bokeh `Div` of the same document as the figure, changed right where the
+    figure's title changes: under the same document lock, so both reach the browser in one
+    update (a Panel pane's change made there is deferred to a later tick, and the titles lagged
+    their figures by seconds while a live computation held the server)."""
 
     def __init__(self):
-        # Shown first in its column (CSS `order`), though placed after the figure: Panel drops
-        # changes to a pane made while its page is still being built, so the pane must be made
-        # after the figure's hooks have given it its text and width.
-        self.pane = pn.pane.HTML("", margin=(2, 5, 0, 5), sizing_mode=None, styles={"order": "-1"})
+        self.div = Div(text="", margin=(2, 5, 0, 5))
+        self.pane = pn.pane.Bokeh(self.div, margin=0)
         self._watched: set[str] = set()  # ids of the Title models followed
         self._text = ""
 
@@ -56,10 +60,10 @@ class FigureTitle:
             self._watched.add(title.id)
             title.on_change("text", lambda attr, old, new: self._show(new))
         if figure.width:
-            self.pane.width = int(figure.width)
+            self.div.width = int(figure.width)
         self._show(title.text)
 
     def _show(self, text: str | None) -> None:
         self._text = text or ""
-        self.pane.object = (f'<div class="{TITLE_CLASS}" style="{STYLE}">{html.escape(self._text)}</div>'
-                            if self._text else "")
+        self.div.text = (f'<div class="{TITLE_CLASS}" style="{STYLE}">{html.escape(self._text)}</div>'
+                         if self._text else "")

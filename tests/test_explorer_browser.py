@@ -126,11 +126,23 @@ def _wait_title(page, prefix: str, contains: str, timeout: float = 60.0) -> str:
     raise AssertionError(f"no figure title {prefix!r}... containing {contains!r}; titles: {_titles(page)}")
 
 
-def _clipped_titles(page) -> list[str]:
+def _clipped_titles(page, timeout: float = 20.0) -> list[str]:
     """What is wrong with the titles as the page shows them, in its own fonts and in the widest
     font (empty: every figure's title is shown in full above it). A title is clipped if the
     canvas draws it (Bokeh cuts it at the figure's edge), if it is not shown above its figure,
-    if its text overflows its element or if the element is wider than its figure."""
+    if its text overflows its element or if the element is wider than its figure.
+
+    A figure's title and its HTML title reach the browser in separate messages, so the check
+    is repeated for up to `timeout` seconds until nothing is wrong."""
+    deadline = time.monotonic() + timeout
+    while True:
+        problems = _title_problems(page)
+        if not problems or time.monotonic() > deadline:
+            return problems
+        time.sleep(0.5)
+
+
+def _title_problems(page) -> list[str]:
     figures = page.evaluate(FIGURES_JS)
     widths = {f["title"]: f["width"] for f in figures if f["title"]}
     problems = [f"{f['title']}: drawn on the canvas" for f in figures if f["drawn"]]

@@ -140,7 +140,7 @@ def test_served_plots_follow_the_state(linked, data):
         for name, plot in plots.items():
             assert plot.state.title.text and v.titles[name].text == plot.state.title.text, name
             assert not plot.state.title.visible, name
-            assert v.titles[name].pane.width == plot.state.width, name
+            assert v.titles[name].div.width == plot.state.width, name
 
     shown_titles_follow()
     target = data.num_heads_total - 1

@@ -279,8 +279,8 @@ def test_a_figure_title_is_shown_as_html_that_follows_it():
     title = FigureTitle()
     figure = hv.renderer("bokeh").get_plot(hv.Curve([]).opts(title="C2 · <b>a</b> & b", width=333,
                                                              hooks=[title.hook])).state
-    assert not figure.title.visible and title.pane.width == 333
+    assert not figure.title.visible and title.div.width == 333
     assert title.text == "C2 · <b>a</b> & b"
-    assert f'class="{TITLE_CLASS}"' in title.pane.object and "&lt;b&gt;a&lt;/b&gt; &amp; b" in title.pane.object
+    assert f'class="{TITLE_CLASS}"' in title.div.text and "&lt;b&gt;a&lt;/b&gt; &amp; b" in title.div.text
     figure.title.text = "C2 · L1H2"
-    assert title.text == "C2 · L1H2" and "C2 · L1H2<" in title.pane.object
+    assert title.text == "C2 · L1H2" and "C2 · L1H2<" in title.div.text
