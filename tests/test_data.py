@@ -303,3 +303,28 @@ def test_dataset_checks_its_inputs():
         ImageDataset(images.astype(np.float32))
     subset = ImageDataset(images, labels=[0, 1, 1], ids=["a", "b", "c"]).subset([2, 0])
     assert subset.ids == ("c", "a") and subset.labels.tolist() == [1, 0]
+
+
+def test_a_folder_is_idx_data_by_its_files_magic_numbers_not_their_names(tmp_path):
+    """`--data FOLDER`: photos whose names contain "idx" are photos; IDX files are found by
+    their magic number (plain or gzip), whatever they are named."""
+    from vit_jax_va.cli import resolve_data
+    from vit_jax_va.data import is_idx_file
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(2):
+        Image.fromarray(_rgb(i)).save(photos / f"frame_idx0{i}.png")
+    (photos / "notes_idx.txt").write_text("not an IDX file")
+    assert resolve_data(str(photos)).ids == ("frame_idx00.png", "frame_idx01.png")
+    assert not is_idx_file(photos / "frame_idx00.png") and not is_idx_file(photos / "notes_idx.txt")
+
+    mnist = tmp_path / "mnist"
+    mnist.mkdir()
+    images = np.random.default_rng(0).integers(0, 256, (3, 28, 28), dtype=np.uint8)
+    write_idx(mnist / "t10k-images-idx3-ubyte.gz", images, compress=True)
+    write_idx(mnist / "t10k-labels-idx1-ubyte", np.array([1, 2, 3], np.uint8))
+    assert is_idx_file(mnist / "t10k-images-idx3-ubyte.gz") and is_idx_file(mnist / "t10k-labels-idx1-ubyte")
+    loaded = resolve_data(str(mnist))
+    assert loaded.in_memory and loaded.ids == ("test/0", "test/1", "test/2")
+    np.testing.assert_array_equal(loaded.images, images)

@@ -128,7 +128,10 @@ def resolve_data(spec: str):
         return load_demo_images()
     path = Path(spec)
     if path.is_dir():
-        if any("idx" in p.name for p in path.iterdir()):
+        # IDX data by the files' magic numbers (a photo named frame_idx01.png is a photo); image
+        # files are not opened for it.
+        if any(p.is_file() and p.suffix.lower() not in data.IMAGE_SUFFIXES and data.is_idx_file(p)
+               for p in path.iterdir()):
             return data.load_mnist(path, split="test")
         return data.load_image_folder(path)
     if path.is_file() and path.suffix == ".txt":

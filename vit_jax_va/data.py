@@ -182,6 +182,26 @@ def to_8bit(image: Image.Image, *, background: int = 0) -> Image.Image:
 
 # IDX files (MNIST, Fashion-MNIST) ----------------------------------------------------------------
 
+def _idx_magic(head: bytes) -> bool:
+    """Whether `head` starts with an IDX magic number: 0, 0, a type code, the dimensions."""
+    return len(head) >= 4 and head[0] == 0 and head[1] == 0 and head[2] in _IDX_DTYPES and head[3] > 0
+
+
+def is_idx_file(path: str | os.PathLike) -> bool:
+    """Whether `path` is an IDX file (plain or gzip-compressed), by its magic number, not its
+    name: only the first bytes are read; False for anything that cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+            if head[:2] == _GZIP_MAGIC:
+                f.seek(0)
+                with gzip.open(f) as unzipped:
+                    head = unzipped.read(4)
+    except (OSError, EOFError, zlib.error):
+        return False
+    return _idx_magic(head)
+
+
 def read_idx(path: str | os.PathLike) -> np.ndarray:
     """Read an IDX file (plain or gzip-compressed, detected from its first bytes).
 
@@ -201,7 +221,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
             raise DataError(f"{path}: corrupt or truncated gzip data ({err})") from None
     if len(raw) < 4:
         raise DataError(f"{path}: {len(raw)} bytes is too short for an IDX header")
-    if raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES or raw[3] == 0:
+    if not _idx_magic(raw):
         raise DataError(f"{path}: not an IDX file (magic number {raw[:4].hex()}; expected "
                         f"0000 + a type code in {sorted(f'{c:02x}' for c in _IDX_DTYPES)} + "
                         f"the number of dimensions)")
