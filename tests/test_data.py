@@ -277,6 +277,23 @@ def test_class_folders_give_sorted_class_names_and_labels(tmp_path):
     np.testing.assert_array_equal(batches[1].images, preprocess(RGB, [_rgb(1), _rgb(2)]))
 
 
+def test_images_nested_in_a_class_folder_belong_to_that_class(tmp_path):
+    """`a/b/c/deep.png` is an image of class `a` (id the relative path), as in torchvision's
+    ImageFolder; a class folder with nested images only is a class; hidden folders are left out."""
+    (tmp_path / "a" / "b" / "c").mkdir(parents=True)
+    (tmp_path / "b" / "x").mkdir(parents=True)
+    (tmp_path / "b" / ".cache").mkdir()
+    Image.fromarray(_rgb(1)).save(tmp_path / "a" / "top.png")
+    Image.fromarray(_rgb(2)).save(tmp_path / "a" / "b" / "c" / "deep.png")
+    Image.fromarray(_rgb(3)).save(tmp_path / "b" / "x" / "only.png")
+    Image.fromarray(_rgb(4)).save(tmp_path / "b" / ".cache" / "hidden.png")
+    data = load_image_folder(tmp_path)
+    assert data.class_names == ("a", "b")
+    assert data.ids == ("a/b/c/deep.png", "a/top.png", "b/x/only.png")
+    np.testing.assert_array_equal(data.labels, [0, 0, 1])
+    np.testing.assert_array_equal(np.asarray(data.image(0)), _rgb(2))
+
+
 def test_file_list_and_check(tmp_path):
     Image.fromarray(_rgb(1)).save(tmp_path / "one.png")
     paths = [tmp_path / "one.png", tmp_path / "gone.png"]

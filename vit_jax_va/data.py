@@ -301,17 +301,19 @@ def load_image_folder(root: str | os.PathLike, *, max_pixels: int = MAX_PIXELS,
                       background: int = 0) -> "ImageDataset":
     """Image files under `root`, read lazily.
 
-    Layouts: one sub-folder per class (`root/<class>/*.png`; class names are the folder names,
-    sorted, and labels index them), or a flat folder of images (no labels). Files count as
-    images by their suffix (`IMAGE_SUFFIXES`, any case); hidden files are ignored. In the class
-    layout, image files directly under `root` are skipped (recorded with the reason). Ids are
-    paths relative to `root`, '/'-separated.
+    Layouts: one sub-folder per class (`root/<class>/**/*.png`: the images anywhere under a
+    class folder, in nested folders too, as torchvision's `ImageFolder` reads them; class names
+    are the folder names, sorted, and labels index them), or a flat folder of images (no
+    labels). Files count as images by their suffix (`IMAGE_SUFFIXES`, any case); hidden files
+    and folders are ignored, and links to folders are not followed. In the class layout, image
+    files directly under `root` are skipped (recorded with the reason). Ids are paths relative
+    to `root`, '/'-separated.
     """
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: not a folder")
     class_dirs = sorted(d for d in root.iterdir()
-                        if d.is_dir() and not d.name.startswith(".") and _image_files(d))
+                        if d.is_dir() and not d.name.startswith(".") and _image_files(d, nested=True))
     loose = _image_files(root)
     description = {"source": "image-folder", "directory": str(root.absolute()),
                    "layout": "classes" if class_dirs else "flat"}
@@ -323,7 +325,7 @@ def load_image_folder(root: str | os.PathLike, *, max_pixels: int = MAX_PIXELS,
                             max_pixels=max_pixels, background=background)
     paths, labels = [], []
     for label, folder in enumerate(class_dirs):
-        files = _image_files(folder)
+        files = _image_files(folder, nested=True)
         paths += files
         labels += [label] * len(files)
     dataset = ImageDataset(paths, labels=np.asarray(labels, np.int64),
@@ -348,9 +350,18 @@ def load_image_files(paths: Sequence[str | os.PathLike], labels: Sequence[int] |
                         background=background)
 
 
-def _image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES)
+def _image_files(folder: Path, *, nested: bool = False) -> list[Path]:
+    """The image files in `folder` (`nested`: and in its sub-folders, at any depth, not through
+    links to folders), sorted by path; hidden files and folders left out."""
+    if not nested:
+        return sorted(p for p in folder.iterdir()
+                      if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES)
+    found = []
+    for top, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found += [Path(top) / f for f in files
+                  if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES]
+    return sorted(p for p in found if p.is_file())
 
 
 # The data set ------------------------------------------------------------------------------------
