@@ -7,8 +7,8 @@ through the same library functions the sweep uses (`ViT.__call__` with `return_a
 (run, image) with `pn.cache`; the model and the image source are opened once per process.
 
 The model is found from the run's manifest (`model.source`: "demo" or a checkpoint directory)
-and must have the weights the sweep used (`weights_sha256`), or live numbers would not match
-the stored ones. Images are re-read from the source the manifest describes; when the source is
+and must be the model the sweep used, its config and its weights (`vit_jax_va.model_identity`),
+or live numbers would not match the stored ones. Images are re-read from the source the manifest describes; when the source is
 gone, the stored thumbnails are used if they are the model's full input size (the demo's are).
 """
 
@@ -56,9 +56,9 @@ def load_model(run_path: str):
         else:
             raise LiveUnavailable(f"the run's model source {source!r} is neither 'demo' nor a "
                                   "vit_jax_va checkpoint directory")
-        expected = model_info.get("weights_sha256")
-        if expected and vit_jax_va.weights_hash(model) != expected:
-            raise LiveUnavailable(f"the model at {source!r} has other weights than the run's")
+        changes = vit_jax_va.identity_differences(model_info, model)
+        if changes:
+            raise LiveUnavailable(f"the model at {source!r} is not the run's model ({'; '.join(changes)})")
         _MODELS[run_path] = model
         return model
 

@@ -57,3 +57,35 @@ def test_errors_name_the_problem(tmp_path):
     (path / "vit_jax_va.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="not valid JSON"):
         vit_jax_va.load(path)
+
+
+def test_a_config_edited_over_the_same_weights_is_another_model(tmp_path):
+    """The same arrays under an edited config (2 heads read as 4: every shape still fits) load
+    as another model; its identity says so, and the explorer's live path refuses it for a run
+    of the original, naming the setting (it computed 4-head attention for a 2-head run)."""
+    from explorer.live import LiveUnavailable, load_model
+    from vit_jax_va.sweep import Sweep, SweepOptions
+
+    model = random_vit(CONFIG, seed=3)
+    vit_jax_va.save(model, tmp_path / "ckpt")
+    images = (np.random.default_rng(0).random((10, 8, 8, 3)) * 255).astype(np.uint8)
+    out = Sweep(model, vit_jax_va.ImageDataset(images, labels=np.arange(10) % 3), tmp_path / "run",
+                options=SweepOptions(chunk_size=5, batch_size=5, pattern_images=6, latent_dim=3,
+                                     clusters=2, projection="pca", curve_images=4, keep_attention=()),
+                model_source=str(tmp_path / "ckpt"), progress=False, log=lambda _: None).run()
+    recorded = vit_jax_va.open_run(out).manifest["model"]
+    assert vit_jax_va.identity_differences(recorded, vit_jax_va.load(tmp_path / "ckpt")) == []
+    assert load_model(str(out)).config == CONFIG
+
+    meta_path = tmp_path / "ckpt" / "vit_jax_va.json"
+    meta = json.loads(meta_path.read_text())
+    meta["config"]["num_heads"] = 4
+    meta_path.write_text(json.dumps(meta))
+    edited = vit_jax_va.load(tmp_path / "ckpt")
+    assert vit_jax_va.weights_hash(edited) == recorded["weights_sha256"]  # the arrays are the same
+    assert vit_jax_va.identity_differences(recorded, edited) == ["num_heads: 2 -> 4"]
+    import explorer.live
+
+    explorer.live._MODELS.clear()
+    with pytest.raises(LiveUnavailable, match=r"not the run's model \(num_heads: 2 -> 4\)"):
+        load_model(str(out))

@@ -11,8 +11,8 @@ from vit_jax_va.autoencoder import (PatternAutoencoder, ReconstructionErrors, Tr
                                     encode_items, load_autoencoder, normalise_items,
                                     reconstruct_items, reconstruction_errors, save_autoencoder,
                                     train_autoencoder)
-from vit_jax_va.checkpoint import (CheckpointError, load, load_module, save, save_module,
-                                   weights_hash)
+from vit_jax_va.checkpoint import (CheckpointError, identity_differences, load, load_module,
+                                   model_identity, save, save_module, weights_hash)
 from vit_jax_va.config import ViTConfig
 from vit_jax_va.data import (DataError, ImageDataset, ImageFileError, SkippedImage,
                              load_fashion_mnist, load_image_files, load_image_folder, load_mnist)

@@ -177,3 +177,22 @@ def weights_hash(module: nnx.Module) -> str:
         digest.update(str(array.dtype).encode() + str(array.shape).encode())
         digest.update(np.ascontiguousarray(array).tobytes())
     return digest.hexdigest()
+
+
+def model_identity(model) -> dict:
+    """What names a model, as a run records it: its config (as JSON stores it: tuples as lists)
+    and `weights_hash`. Both: two checkpoints of the same arrays under different configs (say 3
+    heads read as 6) are different models."""
+    return {"config": json.loads(json.dumps(model.config.to_dict())), "weights_sha256": weights_hash(model)}
+
+
+def identity_differences(recorded: dict, model) -> list[str]:
+    """How `model` differs from the identity a run recorded (`model_identity`): the config keys
+    that differ (`key: recorded -> now`) and whether the weights do; empty if it is that model."""
+    now = model_identity(model)
+    config = recorded.get("config") or {}
+    changes = [f"{key}: {config.get(key)!r} -> {value!r}" for key, value in now["config"].items()
+               if key in config and config[key] != value]
+    if recorded.get("weights_sha256") and recorded["weights_sha256"] != now["weights_sha256"]:
+        changes.append("other weights")
+    return changes

@@ -33,7 +33,7 @@ import numpy as np
 from flax import nnx
 
 from vit_jax_va import store
-from vit_jax_va.checkpoint import weights_hash
+from vit_jax_va.checkpoint import model_identity
 from vit_jax_va.data import ImageFileError, pixel_digest
 from vit_jax_va.devices import local_data_mesh
 from vit_jax_va.masks import PRUNE_MODES
@@ -195,8 +195,7 @@ class Sweep:
         self.inputs = {"ids": list(source.ids), "pixels_sha256": source.fingerprints()}
         self.identity = {
             "schema_version": store.SCHEMA_VERSION,
-            "model": {"config": self.config.to_dict(), "weights_sha256": weights_hash(model),
-                      "source": model_source},
+            "model": {**model_identity(model), "source": model_source},
             "data": source.manifest(),
             "options": dataclasses.asdict(options),
             "images": {"count": self.num_images, "sha256": _inputs_digest(self.inputs)},
