@@ -71,3 +71,28 @@ def test_bad_inputs_are_named(tmp_path):
         preprocess(config, np.zeros((8, 8, 3), np.float32))
     with pytest.raises(ValueError, match="no images"):
         preprocess(config, [])
+
+
+def test_a_file_is_decoded_as_the_sweep_decodes_it(tmp_path):
+    """`preprocess(config, path)` feeds the model what a sweep over that file does (through
+    `ImageDataset`): a 16-bit greyscale PNG scaled to 8 bits, not clipped to white, and an RGBA
+    PNG composited over black, not its alpha dropped; a PIL image and a uint8 array the same."""
+    from vit_jax_va.data import load_image_files
+
+    config = CONFIGS["crop1_bilinear"]
+    rng = np.random.default_rng(5)
+    deep = tmp_path / "grey16.png"
+    Image.fromarray(rng.integers(0, 65536, (40, 40)).astype(np.uint16)).save(deep)
+    rgba = rng.integers(0, 256, (40, 40, 4), dtype=np.uint8)
+    transparent = tmp_path / "rgba.png"
+    Image.fromarray(rgba).save(transparent)
+    swept = load_image_files([deep, transparent])
+    for index, path in enumerate((deep, transparent)):
+        seen_by_sweep = preprocess(config, swept.image(index))
+        np.testing.assert_array_equal(preprocess(config, path), seen_by_sweep, err_msg=path.name)
+        with Image.open(path) as opened:
+            np.testing.assert_array_equal(preprocess(config, opened), seen_by_sweep, err_msg=path.name)
+    # RGBA over black is each colour scaled by its alpha (an independent composite).
+    composite = np.rint(rgba[..., :3] * (rgba[..., 3:] / 255.0)).astype(np.uint8)
+    assert np.abs(preprocess(config, rgba) - preprocess(config, composite)).max() <= 2 / 255 / min(config.std)
+    assert np.abs(preprocess(config, transparent) - preprocess(config, composite)).max() <= 2 / 255 / min(config.std)

@@ -36,7 +36,9 @@ def preprocess(config: ViTConfig, images: ImageLike | Sequence[ImageLike]) -> np
       config: the model's config (image size, channels, mean/std, interpolation, crop).
       images: one image or a sequence of them; each a PIL image, a uint8 array `[h, w]` or
         `[h, w, c]` (c in 1, 3, 4), or a path to an image file. A uint8 array `[B, h, w(, c)]`
-        is taken as a batch.
+        is taken as a batch. Files and PIL images are decoded as the sweep decodes them
+        (`vit_jax_va.data.read_image`: 16-bit greyscale scaled to 8 bits, transparency
+        composited over black).
     Colour images become greyscale for a 1-channel model and greyscale becomes RGB for a
     3-channel model (PIL's conversions, as `Image.convert`).
     """
@@ -59,16 +61,16 @@ def _as_list(images: ImageLike | Sequence[ImageLike]) -> list[ImageLike]:
 
 
 def _to_pil(image: ImageLike) -> Image.Image:
+    """An 8-bit 'L' or 'RGB' PIL image, decoded as the sweep decodes it: a file through
+    `data.read_image` (its size guard, 16-bit scaling and alpha compositing), a PIL image
+    through `data.to_8bit`, so that every entry point feeds the model the same pixels."""
+    # Imported here: vit_jax_va.data builds its batches with preprocess.
+    from vit_jax_va.data import read_image, to_8bit
+
     if isinstance(image, Image.Image):
-        return image
+        return to_8bit(image)
     if isinstance(image, (str, os.PathLike)):
-        path = Path(image)
-        try:
-            with Image.open(path) as opened:
-                opened.load()
-                return opened.copy()
-        except (OSError, ValueError) as err:
-            raise ValueError(f"cannot read image {path}: {err}") from None
+        return read_image(Path(image))  # ImageFileError (a ValueError) names the file and why
     array = np.asarray(image)
     if array.dtype != np.uint8:
         raise TypeError(f"image arrays must be uint8 (0..255); got {array.dtype} {array.shape}")
@@ -76,7 +78,7 @@ def _to_pil(image: ImageLike) -> Image.Image:
         array = array[..., 0]
     if array.ndim not in (2, 3):
         raise ValueError(f"an image array must be [h, w] or [h, w, c]; got {array.shape}")
-    return Image.fromarray(array)
+    return to_8bit(Image.fromarray(array))
 
 
 def _resized_size(config: ViTConfig, height: int, width: int) -> tuple[int, int]:
