@@ -70,3 +70,43 @@ def test_without_torch_and_timm_the_cli_names_the_extra(tmp_path):
         assert "needs torch and timm" in result.stderr, result.stderr
         assert "pip install 'vit-jax-va[timm]'" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists() and not (tmp_path / "run").exists()
+
+
+def test_sweep_out_that_is_a_file_is_one_clear_line(tmp_path):
+    out = tmp_path / "results.txt"
+    out.write_text("mine")
+    result = _vit_va("sweep", "--images", "4", "--out", str(out), "--no-progress")
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert f"{out} is a file, not a folder for a run" in result.stderr
+    assert out.read_text() == "mine"
+
+
+def test_an_interrupted_sweep_says_that_the_same_command_resumes(tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    process = subprocess.Popen([sys.executable, "-m", "vit_jax_va.cli", "sweep", "--images", "40",
+                                "--chunk-size", "8", "--out", str(out), "--no-progress"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not (out / "chunks").is_dir() and time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert "interrupted: what was finished is kept; run the same command to resume" in err
+    assert "Traceback" not in err
+
+
+def test_explore_on_a_port_in_use_is_one_clear_line(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("localhost", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = _vit_va("explore", str(tmp_path / "runs" / "demo"), "--port", str(port))
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert f"port {port} on localhost is in use" in result.stderr

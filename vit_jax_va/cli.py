@@ -15,6 +15,7 @@ the rest of the CLI works on the core install; `explore` imports the Panel app o
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 import time
@@ -77,7 +78,13 @@ def _explore(args: argparse.Namespace) -> int:
     if not (run / "manifest.json").is_file() and run.name != "demo":
         raise FileNotFoundError(f"{run} is not a run (no manifest.json); make one with vit-va sweep")
     print(f"explorer on the runs in {run.parent} (opening {run.name}); Ctrl-C stops it")
-    serve(run.parent, run.name, port=args.port, address=args.address, show=args.show)
+    try:
+        serve(run.parent, run.name, port=args.port, address=args.address, show=args.show)
+    except OSError as err:
+        if err.errno == errno.EADDRINUSE:
+            raise ValueError(f"port {args.port} on {args.address} is in use (another explorer?); "
+                             f"choose another --port") from None
+        raise
     return 0
 
 
@@ -346,6 +353,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Bad input: say what is wrong without a traceback.
         print(f"vit-va {args.command}: error: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        hint = (": what was finished is kept; run the same command to resume" if args.command == "sweep"
+                else "")
+        print(f"\nvit-va {args.command}: interrupted{hint}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

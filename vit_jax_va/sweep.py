@@ -218,6 +218,8 @@ class Sweep:
                         + "; ".join(differences[:5]) + "); choose another --out (or delete it)")
             self.manifest = manifest
         else:
+            if self.path.exists() and not self.path.is_dir():
+                raise store.RunError(f"{self.path} is a file, not a folder for a run; choose another --out")
             if self.path.exists() and any(self.path.iterdir()):
                 raise store.RunError(f"{self.path} exists and is not a run; choose another --out")
             self.manifest = {**self.identity, "versions": _versions(), "stages_done": [],
