@@ -34,6 +34,7 @@ def test_convert_file_and_report_parity(tmp_path):
     again = _vit_va("convert", str(tmp_path / "tiny.safetensors"), str(tmp_path / "out"),
                     "--model-name", "vit_tiny_patch16_224")
     assert again.returncode == 1 and "exists" in again.stderr and "Traceback" not in again.stderr
+    assert "--overwrite" in again.stderr and "overwrite=True" not in again.stderr
 
 
 def test_bad_input_is_one_clear_line(tmp_path):
@@ -42,6 +43,11 @@ def test_bad_input_is_one_clear_line(tmp_path):
     assert result.returncode == 1
     assert "no checkpoint file at" in result.stderr and "missing.pth" in result.stderr
     assert "Traceback" not in result.stderr
+    # An existing output is refused first, before any conversion is tried.
+    (tmp_path / "taken").mkdir()
+    result = _vit_va("convert", str(tmp_path / "missing.pth"), str(tmp_path / "taken"),
+                     "--model-name", "vit_tiny_patch16_224")
+    assert result.returncode == 1 and "taken exists; choose another output folder" in result.stderr
 
 
 def test_weights_of_another_architecture_are_refused_by_name(tmp_path):

@@ -48,6 +48,10 @@ def _convert(args: argparse.Namespace) -> int:
         kwargs["num_classes"] = args.num_classes
     if args.img_size is not None:
         kwargs["img_size"] = args.img_size
+    from pathlib import Path
+
+    if Path(args.out).exists() and not args.overwrite:  # before the conversion, which takes a while
+        raise FileExistsError(f"{args.out} exists; choose another output folder, or --overwrite to replace it")
     start = time.perf_counter()
     source = converters.source_module(args.source, model_name=args.model_name, **kwargs)
     model = converters.from_timm(source)

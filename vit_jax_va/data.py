@@ -468,16 +468,17 @@ class ImageDataset:
         if pending:
             yield self._batch(pending)
 
-    def check(self) -> list[SkippedImage]:
-        """Open every file once (no preprocessing); record, warn about and return the unusable
-        ones. The usable images' `fingerprints` are taken from this read."""
+    def check(self, *, warn: bool = True) -> list[SkippedImage]:
+        """Open every file once (no preprocessing); record and return the unusable ones (with a
+        `SkippedImageWarning` each if `warn`). The usable images' `fingerprints` are taken from
+        this read."""
         if not self.in_memory:
             for index in range(len(self)):
                 if index not in self._skipped_at:
                     try:
                         self._digests[index] = pixel_digest(self._read(index))
                     except ImageFileError as err:
-                        self._record(index, err, warn=True)
+                        self._record(index, err, warn=warn)
         return self.skipped
 
     def fingerprints(self) -> list[str]:

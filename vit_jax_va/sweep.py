@@ -67,7 +67,7 @@ def usable_images(dataset: "ImageDataset", max_images: int | None = None,
         if max_images <= 0:
             raise ValueError(f"--images must be positive, got {max_images}")
         dataset = dataset.subset(range(min(max_images, len(dataset))))
-    skipped = dataset.check()
+    skipped = dataset.check(warn=False)  # named once, below
     if not skipped:
         return dataset
     bad = {s.id for s in skipped}
@@ -98,7 +98,9 @@ def _fit(pixels: np.ndarray, config) -> np.ndarray:
     out = np.zeros((height, width, *pixels.shape[2:]), np.uint8)
     h, w = min(height, pixels.shape[0]), min(width, pixels.shape[1])
     top, left = (height - h) // 2, (width - w) // 2
-    out[top:top + h, left:left + w] = pixels[:h, :w]
+    # A picture larger than the canvas keeps its middle, as the model's centre crop does.
+    src_top, src_left = (pixels.shape[0] - h) // 2, (pixels.shape[1] - w) // 2
+    out[top:top + h, left:left + w] = pixels[src_top:src_top + h, src_left:src_left + w]
     return out
 
 
