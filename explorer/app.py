@@ -471,6 +471,9 @@ class ExplorerApp:
             else:
                 self._message(f"Cannot open run `{name}`: {err}")
             return
+        except Exception as err:  # noqa: BLE001  (shown in the page, not only the server's log)
+            self._message(f"Cannot open run `{name}`: {type(err).__name__}: {err}")
+            return
         self.show(data)
 
     def show(self, data: RunData) -> None:

@@ -171,6 +171,29 @@ def test_run_picker_lists_only_the_runs_directory(runs, tmp_path):
     assert app.state is None or app.state.data.name == "demo"
 
 
+def test_a_broken_run_is_named_in_the_page(runs, tmp_path):
+    """A truncated `.npy`, or one of another shape than the manifest implies, is refused when
+    the run opens, naming the file; the page says so under the picker that names that run."""
+    import shutil
+
+    broken = tmp_path / "runs"
+    for name in ("truncated", "reshaped"):
+        shutil.copytree(runs / "demo", broken / name)
+    truncated = broken / "truncated" / "strength" / "entropy.npy"
+    truncated.write_bytes(truncated.read_bytes()[:-100])
+    reshaped = broken / "reshaped" / "strength" / "entropy.npy"
+    np.save(reshaped, np.load(reshaped)[..., :-1])
+    with pytest.raises(store.RunError, match=r"truncated/strength/entropy\.npy is truncated or corrupt"):
+        store.open_run(broken / "truncated")
+    app = ExplorerApp(broken, "truncated")
+    assert app.picker.value == "truncated" and app.views is None
+    assert "strength/entropy.npy is truncated or corrupt" in app.main[0].object
+    app.picker.value = "reshaped"
+    n, layers, heads = np.load(runs / "demo" / "strength" / "entropy.npy").shape
+    assert f"reshaped/strength/entropy.npy has shape [{n}, {layers}, {heads - 1}]" in app.main[0].object
+    assert f"[N={n}, L={layers}, H={heads}]" in app.main[0].object
+
+
 def test_live_attention_matches_the_stored_attention(data, runs):
     from explorer import live
 

@@ -46,7 +46,28 @@ GROUPS = ("images", "importance", "strength", "curve", "patterns/patch", "patter
 
 
 class RunError(ValueError):
-    """A results store cannot be opened: missing, incomplete, or from another schema version."""
+    """A results store cannot be opened: missing, incomplete, from another schema version, or
+    with a file that is broken or of the wrong shape (named)."""
+
+
+# The shapes of the store's arrays in the sizes the manifest gives (docs/results-store.md): N
+# images, L layers, H heads, M prune modes, K classes, k = min(5, K) top classes, F = L * H flat
+# heads; None: any size. `open_run` checks every array it finds against them.
+SHAPES: dict[str, tuple] = {
+    **{f"images/{n}": ("N",) for n in ("ids", "labels", "prediction")},
+    "images/probs": ("N", "K"), "images/features": ("N", None), "images/overview_xy": ("N", 2),
+    "images/thumbnails": ("N", None, None, None),
+    **{f"importance/{n}": ("M", "L", "H", "N") for n in ("prob", "correct", "loss", "kl")},
+    **{f"importance/{n}": ("M", "L", "H", "N", "k") for n in ("top5_classes", "top5_probs")},
+    **{f"importance/{n}": ("N",) for n in ("baseline_prob", "baseline_correct", "baseline_loss", "reference")},
+    **{f"importance/{n}": ("N", "k") for n in ("baseline_top5_classes", "baseline_top5_probs")},
+    "importance/taylor": ("L", "H", "N"), "importance/modes": ("M",),
+    **{f"strength/{n}": ("N", "L", "H") for n in ("entropy", "mean_distance", "cls_share", "confidence")},
+    "strength/profile": ("N", "L", "H", None),
+    "curve/order_most": ("F",), "curve/order_least": ("F",),
+    **{f"patterns/{space}/{n}": shape for space in ("patch", "cls")
+       for n, shape in (("head_xy", ("F", 2)), ("head_shares", ("F", None)))},
+}
 
 
 def _atomic_tmp(path: Path) -> Path:
@@ -174,14 +195,43 @@ class Run:
         folder = self.path / group
         if not folder.is_dir():
             raise RunError(f"{self.path} has no {group}/ (known groups: {self.groups()})")
-        return {p.stem: np.load(p, mmap_mode="r", allow_pickle=False)
-                for p in sorted(folder.glob("*.npy"))}
+        return {p.stem: load_npy(p, mmap=True) for p in sorted(folder.glob("*.npy"))}
 
     def array(self, group: str, name: str) -> np.ndarray:
         path = self.path / group / f"{name}.npy"
         if not path.is_file():
             raise RunError(f"{self.path} has no {group}/{name}.npy")
-        return np.load(path, mmap_mode="r", allow_pickle=False)
+        return load_npy(path, mmap=True)
+
+    def sizes(self) -> dict[str, int | None]:
+        """The sizes `SHAPES` names, from the manifest (None: the manifest does not say)."""
+        config = self.manifest.get("model", {}).get("config", {})
+        depth, heads, classes = (config.get(k) for k in ("depth", "num_heads", "num_classes"))
+        modes = self.manifest.get("options", {}).get("modes")
+        return {"N": self.manifest.get("data", {}).get("num_images"), "L": depth, "H": heads,
+                "F": depth * heads if depth and heads else None, "K": classes,
+                "k": min(5, classes) if classes else None, "M": len(modes) if modes else None}
+
+    def check_arrays(self) -> None:
+        """Open every array of the store (memory-mapped: headers only) and check its shape
+        against the manifest; `RunError` names the first file that is broken or of the wrong
+        shape."""
+        sizes = self.sizes()
+        for path in sorted(self.path.glob("**/*.npy")):
+            relative = path.relative_to(self.path)
+            if relative.parts[0] == "chunks" or "autoencoder" in relative.parts:
+                continue
+            array = load_npy(path, mmap=True)
+            key = relative.with_suffix("").as_posix()
+            expected = SHAPES.get(key) or (("L", "H", None, None) if relative.parts[0] == "attention" else None)
+            if expected is None:
+                continue
+            wanted = [sizes[d] if isinstance(d, str) else d for d in expected]
+            if len(array.shape) != len(wanted) or any(w is not None and w != n for w, n in zip(wanted, array.shape)):
+                described = ", ".join(f"{d}={sizes[d]}" if isinstance(d, str) else ("any" if d is None else str(d))
+                                      for d in expected)
+                raise RunError(f"{path} has shape {list(array.shape)}, but the run's manifest implies "
+                               f"[{described}]: the file is not this run's; sweep the run again")
 
     def groups(self) -> list[str]:
         return [g for g in GROUPS if (self.path / g).is_dir()]
@@ -196,12 +246,21 @@ class Run:
         if not path.is_file():
             raise RunError(f"{self.path} keeps no attention for image {image}; "
                            f"it keeps {self.kept_attention()}")
-        return np.load(path, allow_pickle=False)
+        return load_npy(path)
 
     def autoencoder(self, space: str = "patch"):
         from vit_jax_va.autoencoder import load_autoencoder
 
         return load_autoencoder(self.path / "patterns" / space / "autoencoder")
+
+
+def load_npy(path: str | os.PathLike, *, mmap: bool = False) -> np.ndarray:
+    """A `.npy` file of a run (`mmap`: memory-mapped); `RunError` naming the file when it is
+    truncated or corrupt (numpy alone says "mmap length is greater than file size")."""
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise RunError(f"{path} is truncated or corrupt ({err}); sweep the run again") from None
 
 
 def read_json(path: str | os.PathLike) -> Any:
@@ -227,8 +286,8 @@ def open_run(path: str | os.PathLike, *, allow_incomplete: bool = False) -> Run:
     """Open a results store written by `vit-va sweep`.
 
     Raises `RunError` naming the problem when the directory is not a run, was written with
-    another schema version, or is incomplete (unless `allow_incomplete`: then the stages that
-    are done can be read).
+    another schema version, is incomplete (unless `allow_incomplete`: then the stages that are
+    done can be read), or holds a broken array or one of the wrong shape (`Run.check_arrays`).
     """
     path = Path(path).absolute()
     manifest = read_manifest(path)
@@ -240,7 +299,9 @@ def open_run(path: str | os.PathLike, *, allow_incomplete: bool = False) -> Run:
         done = manifest.get("stages_done", [])
         raise RunError(f"{path} is incomplete (stages done: {', '.join(done) or 'none'}); "
                        "run the same `vit-va sweep` command again to finish it")
-    return Run(path, manifest)
+    run = Run(path, manifest)
+    run.check_arrays()
+    return run
 
 
 def list_runs(root: str | os.PathLike) -> list[Path]:
