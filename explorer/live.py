@@ -69,7 +69,7 @@ def _image_source(run_path: str):
         if run_path in _SOURCES:
             return _SOURCES[run_path]
     data = _manifest(run_path)["data"]
-    ids = np.load(Path(run_path) / "images" / "ids.npy").astype(str)
+    ids = store.load_npy(Path(run_path) / "images" / "ids.npy").astype(str)
     kind = data.get("source")
     reader = None
     try:
@@ -164,7 +164,7 @@ def ablation(run_path: str, image: int, mode: str):
     import jax
 
     model = load_model(run_path)
-    reference = np.load(Path(run_path) / "importance" / "reference.npy")[int(image)]
+    reference = store.load_npy(Path(run_path) / "importance" / "reference.npy", mmap=True)[int(image)]
     precision = _manifest(run_path).get("options", {}).get("precision", "highest")
     with jax.default_matmul_precision(precision):
         return ablate_heads(model, model_input(run_path, image), np.asarray([reference]),
