@@ -27,13 +27,6 @@ from vit_jax_va.model import ViT
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 SAFETENSORS_SUFFIXES = (".safetensors",)
 
-# timm constructor settings that do not change what eval computes at the native image size.
-IGNORED_SETTINGS = ("drop_rate", "pos_drop_rate", "patch_drop_rate", "proj_drop_rate",
-                    "attn_drop_rate", "drop_path_rate", "weight_init", "fix_init",
-                    "dynamic_img_size (only the native image size is supported)",
-                    "dynamic_img_pad", "fused_attn")
-
-
 class UnsupportedModelError(CheckpointError):
     """The timm model uses a setting this converter does not implement (named in the message)."""
 
@@ -75,8 +68,9 @@ def config_from_timm(model: Any) -> ViTConfig:
     Every structural setting is checked against what `vit_jax_va.ViT` implements; anything else
     (qk-norm, attention-output norm, gated attention, rotary/relative positions, other block,
     MLP, norm or activation types, attention pooling, patch-embedding norm) raises
-    `UnsupportedModelError` naming the setting. Drop rates and init settings are ignored
-    (`IGNORED_SETTINGS`): they do not change eval outputs.
+    `UnsupportedModelError` naming the setting. The converter reads the modules, not the
+    constructor arguments, so settings that leave no trace in them (drop rates, init schemes,
+    `fused_attn`) cannot change what it converts.
     """
     import timm
     import torch.nn as nn

@@ -117,7 +117,7 @@ def test_mean_attention_distance_matches_slow_loop(grid, prefix, renormalise):
 
 
 def test_cls_share_counts_all_prefix_tokens():
-    grid, prefix = (2, 2), 2
+    prefix = 2
     attention = np.zeros((6, 6), np.float32)
     attention[:, 0] = 0.25   # class token
     attention[:, 1] = 0.15   # distillation token
@@ -150,14 +150,6 @@ def test_layer_trend_summarises_heads_after_images():
     np.testing.assert_allclose(trend.mean, [3.0, 0.5])  # head means: [2, 4] and [1, 0]
     np.testing.assert_allclose(trend.std, [1.0, 0.5])
     np.testing.assert_allclose(trend.max, [4.0, 1.0])
-
-
-def test_fixed_histogram_counts_per_head():
-    edges = strength.histogram_edges("entropy", (3, 3), bins=3)  # 0 .. ln 3
-    top = math.log(3)
-    values = np.array([[0.0, top + 1e-6], [top / 2, np.nan], [-1e-7, top]])  # [images=3, heads=2]
-    counts = strength.fixed_histogram(values, edges)
-    np.testing.assert_array_equal(counts, [[2, 1, 0], [0, 0, 2]])
 
 
 def test_same_layout_compiles_once():

@@ -6,7 +6,6 @@ Pure JAX/Flax: this package never imports torch, timm or UI libraries.
 
 __version__ = "0.1.0"
 
-from vit_jax_va.accumulate import PatternSampler, StrengthAccumulator
 from vit_jax_va.autoencoder import (PatternAutoencoder, ReconstructionErrors, TrainingLog,
                                     encode_items, load_autoencoder, normalise_items,
                                     reconstruct_items, reconstruction_errors, save_autoencoder,
@@ -16,9 +15,8 @@ from vit_jax_va.checkpoint import (CheckpointError, identity_differences, load, 
 from vit_jax_va.config import ViTConfig
 from vit_jax_va.data import (DataError, ImageDataset, ImageFileError, SkippedImage,
                              load_fashion_mnist, load_image_files, load_image_folder, load_mnist)
-from vit_jax_va.head_scores import head_confidence_per_image, normalize_by_layer, taylor_importance
+from vit_jax_va.head_scores import head_confidence_per_image, normalise_by_layer, taylor_importance
 from vit_jax_va.importance import HeadAblation, ablate_heads
-from vit_jax_va.importance_stats import ImportanceAccumulator, ImportanceSummary, head_importance
 from vit_jax_va.masks import (PRUNE_MODES, prune_region, region_masks, single_head_mask,
                               single_head_region_mask)
 from vit_jax_va.model import ViT, ViTOutput
@@ -28,8 +26,8 @@ from vit_jax_va.patterns import (CLS_COLUMN, CLS_ROW, PROJECTIONS, PatternSpace,
 from vit_jax_va.preprocess import preprocess
 from vit_jax_va.pruning_curve import PruningCurve, cumulative_head_masks, pruning_curve
 from vit_jax_va.store import Run, RunError, list_runs, open_run
-from vit_jax_va.strength import (STATISTICS, LayerTrend, cls_share, fixed_histogram,
-                                 head_confidence, head_entropy, histogram_edges, hop_profile,
+from vit_jax_va.strength import (STATISTICS, LayerTrend, cls_share,
+                                 head_confidence, head_entropy, hop_profile,
                                  layer_trend, mean_attention_distance, num_rings,
                                  strength_statistics)
 from vit_jax_va.sweep import Sweep, SweepOptions, usable_images

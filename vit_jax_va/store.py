@@ -83,6 +83,11 @@ def write_json(path: str | os.PathLike, data: Mapping[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def jsonable(value: Any) -> Any:
+    """`value` as it reads back from JSON (tuples become lists, numpy scalars numbers, ...)."""
+    return json.loads(json.dumps(value, default=_json_default))
+
+
 def _json_default(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
@@ -115,11 +120,6 @@ def write_npz(path: str | os.PathLike, **arrays: Any) -> None:
     with open(tmp, "wb") as f:
         np.savez(f, **{k: np.asarray(v) for k, v in arrays.items()})
     os.replace(tmp, path)
-
-
-def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    with np.load(path, allow_pickle=False) as data:
-        return {k: data[k] for k in data.files}
 
 
 def concatenate_to_npy(folder: str | os.PathLike, name: str, parts: Iterator[np.ndarray] | list,

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from typing import Sequence
 
 import jax
@@ -201,35 +200,3 @@ def layer_trend(statistic: np.ndarray) -> LayerTrend:
     per_head = np.nanmean(per_head, axis=0)
     return LayerTrend(mean=np.nanmean(per_head, axis=-1), std=np.nanstd(per_head, axis=-1),
                       min=np.nanmin(per_head, axis=-1), max=np.nanmax(per_head, axis=-1))
-
-
-def histogram_edges(statistic: str, grid: Sequence[int], patch_size: Sequence[int] = (1, 1),
-                    bins: int = 32) -> np.ndarray:
-    """Fixed bin edges `[bins + 1]` covering the full range a statistic can take for a layout.
-
-    Fixed edges let histograms from different batches (and runs) be added. Ranges: entropy
-    0..ln(rings) nats; mean_distance 0..the image diagonal between the farthest patch centres
-    in pixels; cls_share and confidence 0..1.
-    """
-    if statistic == "entropy":
-        top = math.log(num_rings(grid))
-    elif statistic == "mean_distance":
-        top = float(_patch_distances(as_grid(grid), as_grid(patch_size)).max())
-    elif statistic in ("cls_share", "confidence"):
-        top = 1.0
-    else:
-        raise ValueError(f"unknown statistic {statistic!r}; known: {STATISTICS}")
-    return np.linspace(0.0, max(top, np.finfo(np.float32).eps), bins + 1)
-
-
-def fixed_histogram(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    """Counts of `values` `[images, ...]` in fixed bins, over the image axis: int64 `[..., bins]`.
-
-    Values below the first or above the last edge go to the first or last bin (float rounding
-    at ln(rings) must not lose an image); NaNs are not counted.
-    """
-    values = np.asarray(values, dtype=np.float64)
-    bins = len(edges) - 1
-    index = np.clip(np.searchsorted(edges, values, side="right") - 1, 0, bins - 1)
-    onehot = (index[..., None] == np.arange(bins)) & ~np.isnan(values)[..., None]
-    return onehot.sum(axis=0, dtype=np.int64)
