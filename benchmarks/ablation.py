@@ -31,8 +31,8 @@ from flax import nnx
 
 import converters
 from vit_jax_va import ViTConfig
-from vit_jax_va.importance import (_baseline, _block, _default_chunk, _finish_block, _heads,
-                                   _pooled_rows, _project_heads, ablate_heads)
+from vit_jax_va.batching import variant_chunk as default_variant_chunk
+from vit_jax_va.importance import ablate_heads, unpruned_pass
 
 COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 
@@ -150,12 +150,12 @@ def stage_times(model, images: np.ndarray, variant_chunk: int) -> dict[str, floa
     c = model.config
     graphdef, state = nnx.split(model)
     b = images.shape[0]
-    rows = _pooled_rows(model)
+    rows = model.classifier_rows
     labels = jnp.full((b,), -1, jnp.int32)
 
     @jax.jit
     def baseline(state, images):
-        return _baseline(nnx.merge(graphdef, state), images, labels)
+        return unpruned_pass(nnx.merge(graphdef, state), images, labels)
 
     x_chunk = jnp.asarray(np.random.default_rng(0).standard_normal(
         (variant_chunk * b, c.num_tokens, c.width)), jnp.float32)
@@ -163,17 +163,15 @@ def stage_times(model, images: np.ndarray, variant_chunk: int) -> dict[str, floa
     @jax.jit
     def attention_part(state, x):
         block = nnx.merge(graphdef, state).blocks[0]
-        out = _project_heads(block, [a @ v for a, v in _heads(block, x)])
-        return block.residual_attention(x.reshape(out.shape), out)
+        return x + block.attn.project([a @ v for a, v in block.heads(x)])
 
     @jax.jit
     def mlp_part(state, x):
-        x = x.reshape(-1, x.shape[-1])
-        return _finish_block(nnx.merge(graphdef, state).blocks[0], x, jnp.zeros_like(x))
+        return nnx.merge(graphdef, state).blocks[0].finish(x, jnp.zeros_like(x))
 
     @jax.jit
     def last_pooled(state, x):
-        return _block(nnx.merge(graphdef, state).blocks[-1], x, rows)
+        return nnx.merge(graphdef, state).blocks[-1](x, rows=rows)[0]
 
     variants = c.num_heads  # "head" mode only
     chunks_per_layer = variants // variant_chunk
@@ -259,7 +257,7 @@ def main() -> None:
     flops = sweep_flops(c, args.images)
     achieved = flops / ours_s
     peak = matmul_flops_per_s()
-    variant_chunk = args.variant_chunk or _default_chunk(model, args.batch_size, c.num_heads)
+    variant_chunk = args.variant_chunk or default_variant_chunk(c, args.batch_size, c.num_heads)
     stages = stage_times(model, images[:args.batch_size], variant_chunk)
     chunks = -(-args.images // args.batch_size)
     stages = {k: v * chunks for k, v in stages.items()}

@@ -33,7 +33,9 @@ def test_shapes_and_attention_rows_sum_to_one(model, images):
     assert out.pre_logits.shape == (2, 32)
     assert out.attention.shape == (2, 3, 4, tokens, tokens)
     np.testing.assert_allclose(np.asarray(out.attention.sum(-1)), 1.0, atol=1e-5)
-    np.testing.assert_array_equal(np.asarray(model(images)), np.asarray(out.logits))
+    # Without attention to return, the last block computes the class token's row only; the
+    # dot then rounds in another order, so equal to float32 rounding, not bit for bit.
+    np.testing.assert_allclose(np.asarray(model(images)), np.asarray(out.logits), rtol=1e-5, atol=1e-6)
 
 
 def test_mask_of_ones_is_identical_to_no_mask(model, images):

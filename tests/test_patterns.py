@@ -131,3 +131,18 @@ def test_pattern_space_places_heads_at_the_mean_of_their_items(tmp_path):
 def test_unknown_projection_is_refused():
     with pytest.raises(ValueError, match="unknown projection"):
         patterns.project_2d(np.zeros((5, 2)), "mds")
+
+
+def test_project_2d_reduces_wide_points_before_tsne_and_handles_few_points():
+    from sklearn.decomposition import PCA
+    from sklearn.manifold import TSNE
+
+    points = np.random.default_rng(0).standard_normal((40, 70))
+    by_hand = TSNE(2, perplexity=13.0, init="pca", random_state=3).fit_transform(
+        PCA(40, random_state=3).fit_transform(points))
+    np.testing.assert_allclose(patterns.project_2d(points, "tsne", seed=3), by_hand, rtol=1e-6, atol=1e-6)
+    few = points[:4, :1]  # too few for t-SNE's perplexity, one dim: PCA on the padded points
+    got = patterns.project_2d(few, "tsne")
+    assert got.shape == (4, 2)
+    np.testing.assert_allclose(np.abs(got[:, 0]), np.abs(few[:, 0] - few[:, 0].mean()), rtol=1e-9)
+    np.testing.assert_array_equal(patterns.project_2d(points[:1]), np.zeros((1, 2)))

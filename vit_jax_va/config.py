@@ -8,7 +8,6 @@ unless said so.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any
 
 POOLS = ("token", "avg", "max", "avgmax")

@@ -19,8 +19,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vit_jax_va.importance import _baseline, _check_labels, _pad
+from vit_jax_va import batching
+from vit_jax_va.importance import unpruned_pass
 from vit_jax_va.model import ViT
+from vit_jax_va.reference import check_labels, reference_class
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -31,10 +33,8 @@ def _abs_head_mask_gradients(graphdef, state, images, labels):
 
     def loss(head_mask, image, label):
         logits = model(image[None], head_mask=head_mask)[0]
-        # The reference is read at m = 1, where the gradient is taken; it is an integer, so
-        # it carries no gradient of its own.
-        reference = jnp.where(label >= 0, label, jnp.argmax(logits).astype(jnp.int32))
-        return -jax.nn.log_softmax(logits)[reference]
+        # The reference is read at m = 1, where the gradient is taken.
+        return -jax.nn.log_softmax(logits)[reference_class(logits, label)]
 
     ones = jnp.ones((c.depth, c.num_heads), jnp.float32)
     # vmap of grad: every image gets its own gradient, still in one batched backward pass.
@@ -46,10 +46,10 @@ def _abs_head_mask_gradients(graphdef, state, images, labels):
 def _confidence_chunk(graphdef, state, images):
     model = nnx.merge(graphdef, state)
     no_labels = jnp.full((images.shape[0],), -1, jnp.int32)
-    return _baseline(model, images, no_labels)[1]
+    return unpruned_pass(model, images, no_labels)[1]
 
 
-def normalize_by_layer(scores) -> np.ndarray:
+def normalise_by_layer(scores) -> np.ndarray:
     """Divide each layer's scores by their L2 norm over heads (Michel et al., section 4.1).
 
     Args:
@@ -63,7 +63,7 @@ def normalize_by_layer(scores) -> np.ndarray:
     return np.divide(scores, norm, out=np.zeros_like(scores), where=norm > 0)
 
 
-def taylor_importance(model: ViT, images, labels=None, normalize: bool = False,
+def taylor_importance(model: ViT, images, labels=None, normalise: bool = False,
                       per_image: bool = False, batch_size: int = 16) -> np.ndarray:
     """Taylor (gradient) importance of every head: |d cross-entropy / d head_mask| at m = 1.
 
@@ -74,7 +74,7 @@ def taylor_importance(model: ViT, images, labels=None, normalize: bool = False,
       model: a `ViT` with a classifier.
       images: float32 `[N, height, width, channels]`, preprocessed.
       labels: optional int `[N]`; the loss is of the label, else of the unpruned top-1 class.
-      normalize: divide each layer's scores by their L2 norm over heads (`normalize_by_layer`).
+      normalise: divide each layer's scores by their L2 norm over heads (`normalise_by_layer`).
       per_image: return every image's scores instead of their mean.
       batch_size: images per jitted call (the last chunk is padded; one compilation).
     Returns:
@@ -82,19 +82,13 @@ def taylor_importance(model: ViT, images, labels=None, normalize: bool = False,
       of head mask before normalisation.
     """
     images = np.asarray(images, np.float32)
-    n = images.shape[0]
-    labels = _check_labels(labels, n, model.config.num_classes)
+    labels = check_labels(labels, images.shape[0], model.config.num_classes)
     graphdef, state = nnx.split(model)
-    chunks = []
-    for start in range(0, n, batch_size):
-        stop = min(start + batch_size, n)
-        grads = _abs_head_mask_gradients(graphdef, state, _pad(images[start:stop], batch_size),
-                                         _pad(labels[start:stop], batch_size, fill=-1))
-        chunks.append(np.asarray(grads)[..., :stop - start])
-    scores = np.concatenate(chunks, axis=-1)
+    scores = batching.map_chunks(functools.partial(_abs_head_mask_gradients, graphdef, state),
+                                 [images, labels], batch_size, fills=[0, -1], image_axes=-1)
     if not per_image:
         scores = scores.mean(axis=-1)
-    return normalize_by_layer(scores) if normalize else scores
+    return normalise_by_layer(scores) if normalise else scores
 
 
 def head_confidence_per_image(model: ViT, images, batch_size: int = 16) -> np.ndarray:
@@ -105,12 +99,6 @@ def head_confidence_per_image(model: ViT, images, batch_size: int = 16) -> np.nd
     leaves out the CLS query; keys include every token. The layers run in a scan that keeps
     only this statistic, never the `[N, L, H, T, T]` attention.
     """
-    images = np.asarray(images, np.float32)
-    n = images.shape[0]
     graphdef, state = nnx.split(model)
-    chunks = []
-    for start in range(0, n, batch_size):
-        stop = min(start + batch_size, n)
-        confidence = _confidence_chunk(graphdef, state, _pad(images[start:stop], batch_size))
-        chunks.append(np.asarray(confidence)[..., :stop - start])
-    return np.concatenate(chunks, axis=-1)
+    return batching.map_chunks(functools.partial(_confidence_chunk, graphdef, state),
+                               [np.asarray(images, np.float32)], batch_size, image_axes=-1)

@@ -31,17 +31,19 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, PartitionSpec
 
+from vit_jax_va import batching
 from vit_jax_va.masks import PRUNE_MODES, prune_region
 from vit_jax_va.model import ViT
+from vit_jax_va.reference import check_labels, reference_class
 from vit_jax_va.strength import head_confidence
 
 TOP_K = 5
 
-# Bytes of the widest activation ([variants, B, T, hidden] float32) of one vectorised chunk of
-# pruned passes. Larger chunks were slower on a 2-core CPU (vit_tiny, 16 images, an earlier
-# layout of the same sweep: 4 variants ~5 s, 36 variants ~10 s), presumably because a chunk
-# then no longer fits the 32 MB L3 cache.
-_VARIANT_MEMORY_BUDGET = 48 * 2**20
+
+def _array(*shape: str):
+    """A `HeadAblation` array field whose shape, in the symbols of the module docstring, is
+    `shape`; the per-field lists (image axes, per-head fields) are derived from these."""
+    return dataclasses.field(metadata={"shape": shape})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,20 +68,35 @@ class HeadAblation:
     """
 
     modes: tuple[str, ...]
-    prob: np.ndarray
-    correct: np.ndarray
-    loss: np.ndarray
-    kl: np.ndarray
-    top5_classes: np.ndarray
-    top5_probs: np.ndarray
-    baseline_prob: np.ndarray
-    baseline_correct: np.ndarray
-    baseline_loss: np.ndarray
-    baseline_top5_classes: np.ndarray
-    baseline_top5_probs: np.ndarray
-    baseline_logits: np.ndarray
-    reference: np.ndarray
-    head_confidence: np.ndarray
+    prob: np.ndarray = _array("M", "L", "H", "B")
+    correct: np.ndarray = _array("M", "L", "H", "B")
+    loss: np.ndarray = _array("M", "L", "H", "B")
+    kl: np.ndarray = _array("M", "L", "H", "B")
+    top5_classes: np.ndarray = _array("M", "L", "H", "B", "k")
+    top5_probs: np.ndarray = _array("M", "L", "H", "B", "k")
+    baseline_prob: np.ndarray = _array("B")
+    baseline_correct: np.ndarray = _array("B")
+    baseline_loss: np.ndarray = _array("B")
+    baseline_top5_classes: np.ndarray = _array("B", "k")
+    baseline_top5_probs: np.ndarray = _array("B", "k")
+    baseline_logits: np.ndarray = _array("B", "K")
+    reference: np.ndarray = _array("B")
+    head_confidence: np.ndarray = _array("L", "H", "B")
+
+    @classmethod
+    def shapes(cls) -> dict[str, tuple[str, ...]]:
+        """Every array field and its shape in symbols, e.g. `{"prob": ("M", "L", "H", "B")}`."""
+        return {f.name: f.metadata["shape"] for f in dataclasses.fields(cls) if "shape" in f.metadata}
+
+    @classmethod
+    def per_head_fields(cls) -> tuple[str, ...]:
+        """The fields with a value per (mode, layer, head, image)."""
+        return tuple(k for k, shape in cls.shapes().items() if shape[0] == "M")
+
+    @classmethod
+    def image_axes(cls) -> dict[str, int]:
+        """Each array field's image axis."""
+        return {k: shape.index("B") for k, shape in cls.shapes().items()}
 
     def mode_index(self, prune_mode: str) -> int:
         """Index of `prune_mode` along the first axis of the per-head arrays."""
@@ -92,23 +109,20 @@ class HeadAblation:
         slice or bool mask); the image axis is kept."""
         index = np.atleast_1d(np.arange(self.reference.shape[0])[images])
         return dataclasses.replace(self, **{k: np.take(getattr(self, k), index, axis=axis)
-                                            for k, axis in _BATCH_AXIS.items()})
+                                            for k, axis in self.image_axes().items()})
 
 
-_PER_HEAD = ("prob", "correct", "loss", "kl", "top5_classes", "top5_probs")
-_BASELINE = ("baseline_prob", "baseline_correct", "baseline_loss", "baseline_top5_classes",
-             "baseline_top5_probs", "baseline_logits", "reference")
+def probability_drop(baseline_prob, prob) -> np.ndarray:
+    """The mean drop of the reference-class probability when each head is pruned: `[L, H]`
+    float64 from `baseline_prob` `[N]` and `prob` `[L, H, N]` (one prune mode); larger means
+    pruning hurts more. The sweep ranks heads by it (its summary, the pruning curve)."""
+    baseline = np.asarray(baseline_prob, np.float64)
+    return (baseline - np.asarray(prob, np.float64)).mean(axis=-1)
 
 
-# Pieces of the forward pass ----------------------------------------------------------------
-
-def _pooled_rows(model: ViT) -> int | None:
-    """How many leading tokens the classifier reads after the last block (None: all of them)."""
-    c = model.config
-    if c.pool == "token":
-        return 1 + int(c.distillation_token)
-    return None
-
+# The model's stages, run the sweep's way ---------------------------------------------------
+# Every number comes from `vit_jax_va.model` (`Block.heads`, `Attention.project`,
+# `Attention.head_projection`, `Block.finish`, `Block(..., rows=)`): there is one forward pass.
 
 def _stack_blocks(model: ViT) -> tuple[nnx.GraphDef, nnx.State]:
     """One block's graphdef and every block's state stacked on a leading layer axis, so that a
@@ -117,80 +131,10 @@ def _stack_blocks(model: ViT) -> tuple[nnx.GraphDef, nnx.State]:
     return graphdefs[0], jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
 
 
-# The sweep's own block. Same mathematics as `Block.__call__`, laid out for speed on CPU
-# (vit_tiny, 48 sequences, timed alone: ~35 ms against ~80 ms for `Block.__call__`):
-# - tokens flattened to 2-D rows for every dense layer (XLA's CPU dot on a [B, T, C] operand
-#   was ~1.7x slower than on [B*T, C]);
-# - one query/key/value matmul per head, each giving [B, T, D] directly: the [B, T, H, D]
-#   einsums of the model were ~2.6x slower, and transposing the fused qkv to [B, H, T, D] cost
-#   more than the narrower matmuls (~25% of the attention half for 3 and for 12 heads);
-# - GELU as 0.5 x (1 + erf(x / sqrt 2)), torch's formula, instead of jax's erfc form (~13% of
-#   an MLP).
-# Results agree with the model to float32 rounding (the tests hold them to 1e-5).
-
-def _heads(block, x: jax.Array, rows: int | None = None) -> list[tuple[jax.Array, jax.Array]]:
-    """Per head, the attention `[B, R, T]` of the first R query rows (all when `rows` is None)
-    and the values `[B, T, D]`, from the block's input residual stream `x` `[B, T, C]`."""
-    attn = block.attn
-    b, t, width = x.shape
-    heads, head_dim = attn.num_heads, attn.head_dim
-    xn = block.norm1(x.reshape(b * t, width))
-    kernel = attn.qkv.kernel[...].reshape(width, 3, heads, head_dim)
-    bias = None if attn.qkv.bias is None else attn.qkv.bias[...].reshape(3, heads, head_dim)
-
-    def project(which, h):
-        out = xn @ kernel[:, which, h]
-        return (out if bias is None else out + bias[which, h][None]).reshape(b, t, head_dim)
-
-    out = []
-    for h in range(heads):
-        q, k, v = project(0, h), project(1, h), project(2, h)
-        if rows is not None:
-            q = q[:, :rows]
-        # Same scaling order as `Attention.weights` (q before the product), as timm does.
-        q = q * jnp.float32(head_dim ** -0.5)
-        out.append((jax.nn.softmax(q @ k.swapaxes(-1, -2), axis=-1), v))
-    return out
-
-
-def _project_heads(block, head_outputs: list[jax.Array]) -> jax.Array:
-    """The output projection of the heads' outputs (each `[B, R, D]`): `[B*R, C]`."""
-    proj = block.attn.proj
-    b, r, head_dim = head_outputs[0].shape
-    kernel = proj.kernel[...]
-    out = sum(o.reshape(b * r, head_dim) @ kernel[h * head_dim:(h + 1) * head_dim]
-              for h, o in enumerate(head_outputs))
-    return out if proj.bias is None else out + proj.bias[...][None]
-
-
-def _gelu(x: jax.Array) -> jax.Array:
-    return 0.5 * x * (1 + jax.lax.erf(x * jnp.float32(math.sqrt(0.5))))
-
-
-def _finish_block(block, x: jax.Array, attn_out: jax.Array) -> jax.Array:
-    """Residual attention branch, then residual MLP, on flattened rows `[N, C]`."""
-    x = block.residual_attention(x, attn_out)
-    out = block.mlp.fc2(_gelu(block.mlp.fc1(block.norm2(x))))
-    return x + (block.ls2(out) if block.ls2 is not None else out)
-
-
-def _block(block, x: jax.Array, rows: int | None = None) -> jax.Array:
-    """One block on `[B, T, C]` -> `[B, R, C]`, for the first R rows only when `rows` is set.
-
-    With `rows` (the last block under class-token pooling) the pooled queries still attend to
-    every key and value, but nothing after the last attention mixes tokens, so the other
-    rows' projection and MLP never reach the classifier and are not computed.
-    """
-    b, t, width = x.shape
-    r = t if rows is None else rows
-    attn_out = _project_heads(block, [a @ v for a, v in _heads(block, x, rows)])
-    return _finish_block(block, x[:, :r].reshape(b * r, width), attn_out).reshape(b, r, width)
-
-
 def _run_blocks(block_graphdef, stacked, x: jax.Array, start, stop) -> jax.Array:
     """Blocks `start..stop-1` on `x` `[B, T, C]`; the bounds may be traced."""
     def body(layer, x):
-        return _block(nnx.merge(block_graphdef, jax.tree.map(lambda p: p[layer], stacked)), x)
+        return nnx.merge(block_graphdef, jax.tree.map(lambda p: p[layer], stacked))(x)[0]
     return jax.lax.fori_loop(start, stop, body, x)
 
 
@@ -210,25 +154,19 @@ def _metrics(logits: jax.Array, reference: jax.Array, baseline_logp: jax.Array) 
     )
 
 
-def _baseline(model: ViT, images: jax.Array, labels: jax.Array):
+def unpruned_pass(model: ViT, images: jax.Array, labels: jax.Array):
     """Unpruned pass: each layer's input `[L, B, T, C]`, confidence `[L, H, B]`, logits `[B, K]`
     and reference classes `[B]` (label where `labels >= 0`, else the unpruned top-1)."""
     block_graphdef, stacked = _stack_blocks(model)
     prefix = model.config.num_prefix_tokens
 
     def step(x, block_state):
-        block = nnx.merge(block_graphdef, block_state)
-        heads = _heads(block, x)
-        b, t, width = x.shape
-        attn_out = _project_heads(block, [a @ v for a, v in heads])
-        out = _finish_block(block, x.reshape(b * t, width), attn_out).reshape(x.shape)
-        confidence = jnp.stack([head_confidence(a, prefix) for a, _ in heads])
-        return out, (x, confidence)
+        out, attention = nnx.merge(block_graphdef, block_state)(x)
+        return out, (x, head_confidence(attention, prefix).T)
 
     x, (layer_inputs, confidence) = jax.lax.scan(step, model.embed(images), stacked)
     logits = model.classify(x)[0]
-    reference = jnp.where(labels >= 0, labels, jnp.argmax(logits, axis=-1).astype(jnp.int32))
-    return layer_inputs, confidence, logits, reference
+    return layer_inputs, confidence, logits, reference_class(logits, labels)
 
 
 # The sweep ---------------------------------------------------------------------------------
@@ -238,26 +176,25 @@ def _prune_layer(block, x, heads, removed, variants, variant_chunk, tail):
 
     Args:
       block: the pruned layer's `Block`; x: its input residual stream `[B, R, C]` (R rows,
-        T or the pooled ones); heads: its unpruned `_heads` (attention `[B, R, T]`, values
-        `[B, T, D]` per head); removed: `[M, R, T]`; variants: (mode index, head index) `[V]`.
+        T or the pooled ones); heads: its unpruned `Block.heads` (attention `[B, R, T]`,
+        values `[B, T, D]` per head); removed: `[M, R, T]`; variants: (mode index, head
+        index) `[V]`.
       tail: residual stream after the pruned layer `[B, R, C]` -> per-image metrics.
     Returns:
       the metrics of every variant, stacked: `[V, B, ...]`.
     """
     b, r, width = x.shape
-    x = x.reshape(b * r, width)
-    attn_out = _project_heads(block, [a @ v for a, v in heads])
+    attn_out = block.attn.project([a @ v for a, v in heads])
     # Stacked so that a variant can pick its head with a traced index: [H, B, R, T], [H, B, T, D].
     attention, v = jnp.stack([a for a, _ in heads]), jnp.stack([v for _, v in heads])
-    # [H, D, C]: head h reaches the projection output only through these rows of the kernel.
-    proj_by_head = block.attn.proj.kernel[...].reshape(block.attn.num_heads,
-                                                       block.attn.head_dim, width)
+    proj_by_head = block.attn.head_projection()  # [H, D, C]
 
     def prune_one(variant):
         m, h = variant
+        # The projection is linear: subtract the pruned region's share of head h's output.
         removed_heads = (attention[h] * removed[m][None]) @ v[h]
-        pruned_out = attn_out - removed_heads.reshape(b * r, -1) @ proj_by_head[h]
-        return tail(_finish_block(block, x, pruned_out).reshape(b, r, width))
+        removed_out = removed_heads.reshape(b * r, -1) @ proj_by_head[h]
+        return tail(block.finish(x, attn_out - removed_out.reshape(b, r, width)))
 
     return jax.lax.map(prune_one, variants, batch_size=variant_chunk)
 
@@ -276,10 +213,10 @@ def _sweep_chunk(graphdef, state, images, labels, removed, *, variant_chunk: int
     model = nnx.merge(graphdef, state)
     c = model.config
     num_modes, depth, heads = removed.shape[0], c.depth, c.num_heads
-    layer_inputs, confidence, logits, reference = _baseline(model, images, labels)
+    layer_inputs, confidence, logits, reference = unpruned_pass(model, images, labels)
     baseline_logp = jax.nn.log_softmax(logits, axis=-1)
     block_graphdef, stacked = _stack_blocks(model)
-    rows = _pooled_rows(model)
+    rows = model.classifier_rows
     variants = (jnp.repeat(jnp.arange(num_modes), heads), jnp.tile(jnp.arange(heads), num_modes))
     # With class-token pooling the last layer is special (only its pooled rows are needed), so
     # it is pruned on its own and the scan covers the layers before it.
@@ -293,10 +230,10 @@ def _sweep_chunk(graphdef, state, images, labels, removed, *, variant_chunk: int
         def tail(y):
             y = _run_blocks(block_graphdef, stacked, y, layer + 1, tail_stop)
             if rows is not None:
-                y = _block(model.blocks[depth - 1], y, rows)
+                y = model.blocks[depth - 1](y, rows=rows)[0]
             return _metrics(model.classify(y)[0], reference, baseline_logp)
 
-        return None, _prune_layer(block, x, _heads(block, x), removed, variants, variant_chunk,
+        return None, _prune_layer(block, x, block.heads(x), removed, variants, variant_chunk,
                                   tail)
 
     # One traced body for all layers (the tail's trip count is dynamic) keeps compilation
@@ -305,7 +242,7 @@ def _sweep_chunk(graphdef, state, images, labels, removed, *, variant_chunk: int
                             (jnp.arange(scanned), layer_inputs[:scanned]))
     if rows is not None:
         block, x = model.blocks[depth - 1], layer_inputs[depth - 1]
-        last = _prune_layer(block, x[:, :rows], _heads(block, x, rows), removed[:, :rows],
+        last = _prune_layer(block, x[:, :rows], block.heads(x, rows), removed[:, :rows],
                             variants, variant_chunk,
                             lambda y: _metrics(model.classify(y)[0], reference, baseline_logp))
         swept = {k: jnp.concatenate([swept[k], last[k][None]]) for k in swept}
@@ -325,16 +262,6 @@ def _batch_spec(mesh: Mesh, ndim: int, axis: int) -> PartitionSpec:
     return PartitionSpec(*spec)
 
 
-_BATCH_AXIS = {"prob": 3, "correct": 3, "loss": 3, "kl": 3, "top5_classes": 3, "top5_probs": 3,
-               "baseline_prob": 0, "baseline_correct": 0, "baseline_loss": 0,
-               "baseline_top5_classes": 0, "baseline_top5_probs": 0, "baseline_logits": 0,
-               "reference": 0, "head_confidence": 2}
-_NDIM = {"prob": 4, "correct": 4, "loss": 4, "kl": 4, "top5_classes": 5, "top5_probs": 5,
-         "baseline_prob": 1, "baseline_correct": 1, "baseline_loss": 1,
-         "baseline_top5_classes": 2, "baseline_top5_probs": 2, "baseline_logits": 2,
-         "reference": 1, "head_confidence": 3}
-
-
 @functools.lru_cache(maxsize=32)
 def _compiled_sweep(graphdef, variant_chunk: int, mesh: Mesh | None):
     """The jitted sweep for one model structure; jax caches its compilations per input shape."""
@@ -346,18 +273,9 @@ def _compiled_sweep(graphdef, variant_chunk: int, mesh: Mesh | None):
             fn, mesh=mesh,
             in_specs=(PartitionSpec(), _batch_spec(mesh, 4, 0), _batch_spec(mesh, 1, 0),
                       PartitionSpec()),
-            out_specs={k: _batch_spec(mesh, _NDIM[k], a) for k, a in _BATCH_AXIS.items()})
+            out_specs={k: _batch_spec(mesh, len(shape), shape.index("B"))
+                       for k, shape in HeadAblation.shapes().items()})
     return jax.jit(fn)
-
-
-def _default_chunk(model: ViT, batch_size: int, num_variants: int) -> int:
-    """Masked passes (pruning variants) vectorised together: the largest divisor of
-    `num_variants` whose widest activation fits `_VARIANT_MEMORY_BUDGET` (a divisor, because
-    `lax.map` traces and compiles a second copy of its body for a remainder)."""
-    c = model.config
-    widest = max(c.mlp_hidden, 3 * c.width, c.num_heads * c.num_tokens)
-    fits = max(1, _VARIANT_MEMORY_BUDGET // (4 * batch_size * c.num_tokens * widest))
-    return max(d for d in range(1, num_variants + 1) if num_variants % d == 0 and d <= fits)
 
 
 def ablate_heads(model: ViT, images, labels=None, modes: tuple[str, ...] = ("head",),
@@ -394,7 +312,7 @@ def ablate_heads(model: ViT, images, labels=None, modes: tuple[str, ...] = ("hea
         raise ValueError(f"modes must be a non-empty subset of {PRUNE_MODES}; got {modes}")
     images = np.asarray(images, np.float32)
     n = images.shape[0]
-    labels = _check_labels(labels, n, c.num_classes)
+    labels = check_labels(labels, n, c.num_classes)
     if mesh is not None:
         batch_size = math.ceil(batch_size / mesh.size) * mesh.size
     # "none" changes nothing: it is filled from the unpruned pass, not swept.
@@ -402,26 +320,23 @@ def ablate_heads(model: ViT, images, labels=None, modes: tuple[str, ...] = ("hea
     removed = np.stack([prune_region(m, c.num_tokens, c.num_prefix_tokens)
                         for m in swept_modes]).astype(np.float32)
     if variant_chunk is None:
-        variant_chunk = _default_chunk(model, batch_size, len(swept_modes) * c.num_heads)
+        variant_chunk = batching.variant_chunk(c, batch_size, len(swept_modes) * c.num_heads)
     graphdef, state = nnx.split(model)
     sweep = _compiled_sweep(graphdef, int(variant_chunk), mesh)
 
-    chunks = []
-    for start in range(0, n, batch_size):
-        stop = min(start + batch_size, n)
-        chunk_images = _pad(images[start:stop], batch_size)
-        chunk_labels = _pad(labels[start:stop], batch_size, fill=-1)
-        if mesh is not None:
-            sharding = jax.sharding.NamedSharding(mesh, _batch_spec(mesh, 1, 0))
-            chunk_labels = jax.device_put(chunk_labels, sharding)
-            chunk_images = jax.device_put(chunk_images, jax.sharding.NamedSharding(
-                mesh, _batch_spec(mesh, 4, 0)))
-        out = sweep(state, chunk_images, chunk_labels, removed)
-        chunks.append({k: np.take(_to_host(v), np.arange(stop - start), axis=_BATCH_AXIS[k])
-                       for k, v in out.items()})
-    out = {k: np.concatenate([ch[k] for ch in chunks], axis=_BATCH_AXIS[k]) for k in chunks[0]}
+
+    def place(chunk):
+        if mesh is None:
+            return chunk
+        return [jax.device_put(a, jax.sharding.NamedSharding(mesh, _batch_spec(mesh, a.ndim, 0)))
+                for a in chunk]
+
+    out = batching.map_chunks(lambda images, labels: sweep(state, images, labels, removed),
+                              [images, labels], batch_size, fills=[0, -1],
+                              image_axes=HeadAblation.image_axes(), place=place)
+    per_head = HeadAblation.per_head_fields()
     return HeadAblation(modes=modes, **_arrange_modes(out, modes, swept_modes),
-                        **{k: out[k] for k in _BASELINE}, head_confidence=out["head_confidence"])
+                        **{k: v for k, v in out.items() if k not in per_head})
 
 
 def _arrange_modes(out: dict, modes: tuple[str, ...], swept_modes: tuple[str, ...]) -> dict:
@@ -429,7 +344,7 @@ def _arrange_modes(out: dict, modes: tuple[str, ...], swept_modes: tuple[str, ..
     "none" copied from the baseline."""
     depth, _, heads = out["prob"].shape[:3]
     arranged = {}
-    for key in _PER_HEAD:
+    for key in HeadAblation.per_head_fields():
         per_mode = []
         for mode in modes:
             if mode == "none":
@@ -442,33 +357,3 @@ def _arrange_modes(out: dict, modes: tuple[str, ...], swept_modes: tuple[str, ..
                 per_mode.append(out[key][:, swept_modes.index(mode)])
         arranged[key] = np.stack(per_mode)
     return arranged
-
-
-def _check_labels(labels, n: int, num_classes: int) -> np.ndarray:
-    if labels is None:
-        return np.full((n,), -1, np.int32)
-    labels = np.asarray(labels)
-    if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"labels must be integers of shape [{n}]; got {labels.dtype} "
-                         f"{labels.shape}")
-    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(f"labels must lie in [0, {num_classes})")
-    return labels.astype(np.int32)
-
-
-def _to_host(value: jax.Array) -> np.ndarray:
-    """A result as a numpy array; one sharded over several processes' devices (a mesh that
-    spans hosts) is gathered from all of them first."""
-    if not value.is_fully_addressable:
-        from jax.experimental import multihost_utils
-
-        return np.asarray(multihost_utils.process_allgather(value, tiled=True))
-    return np.asarray(value)
-
-
-def _pad(array: np.ndarray, size: int, fill: float = 0) -> np.ndarray:
-    """Pad the leading axis to `size` so every jitted call sees the same shape."""
-    missing = size - array.shape[0]
-    if missing == 0:
-        return array
-    return np.concatenate([array, np.full((missing, *array.shape[1:]), fill, array.dtype)])

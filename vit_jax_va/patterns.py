@@ -169,26 +169,39 @@ class PatternSpace:
             return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
 
 
-def project_2d(latents: np.ndarray, projection: str = "tsne", seed: int = 0) -> np.ndarray:
-    """Project latents `[items, latent_dim]` to `[items, 2]` with t-SNE, UMAP (if installed) or PCA."""
-    latents = np.asarray(latents, dtype=np.float64)
-    if projection == "tsne":
-        from sklearn.manifold import TSNE
+def project_2d(points: np.ndarray, projection: str = "tsne", seed: int = 0) -> np.ndarray:
+    """Project points `[n, dims]` to `[n, 2]` float64 with t-SNE, UMAP (if installed) or PCA.
 
-        perplexity = min(30.0, (len(latents) - 1) / 3)
-        return TSNE(2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(latents)
+    The one 2-D projection of the package (pattern maps, the image overview). t-SNE runs on
+    the first 50 principal components when there are more dims, and falls back to PCA for
+    fewer than 5 points (its perplexity needs more); fewer than 2 points sit at the origin.
+    """
+    points = np.asarray(points, dtype=np.float64)
+    n = len(points)
+    if projection not in PROJECTIONS:
+        raise ValueError(f"unknown projection {projection!r}; known: {PROJECTIONS}")
+    if n < 2:
+        return np.zeros((n, 2))
+    if projection == "pca" or (projection == "tsne" and n < 5):
+        from sklearn.decomposition import PCA
+
+        padded = np.pad(points, ((0, 0), (0, max(0, 2 - points.shape[1]))))
+        return PCA(2, random_state=seed).fit_transform(padded)
     if projection == "umap":
         try:
             import umap
         except ImportError:
             raise ImportError("projection='umap' needs umap-learn (pip install umap-learn); "
                               "'tsne' and 'pca' need only scikit-learn") from None
-        return umap.UMAP(n_components=2, random_state=seed).fit_transform(latents)
-    if projection == "pca":
+        return umap.UMAP(n_components=2, random_state=seed).fit_transform(points)
+    from sklearn.manifold import TSNE
+
+    if points.shape[1] > 50:
         from sklearn.decomposition import PCA
 
-        return PCA(2, random_state=seed).fit_transform(latents)
-    raise ValueError(f"unknown projection {projection!r}; known: {PROJECTIONS}")
+        points = PCA(min(50, n), random_state=seed).fit_transform(points)
+    perplexity = min(30.0, (n - 1) / 3)
+    return TSNE(2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(points)
 
 
 def pattern_space(model, items: np.ndarray, head_index: np.ndarray, *, num_heads: int | None = None,

@@ -19,8 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vit_jax_va.importance import _check_labels, _default_chunk, _pad
+from vit_jax_va import batching
 from vit_jax_va.model import ViT
+from vit_jax_va.reference import check_labels, reference_class
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,8 +63,7 @@ def cumulative_head_masks(order, num_pruned, num_layers: int, num_heads: int) ->
 @functools.partial(jax.jit, static_argnums=(0, 5))
 def _curve_chunk(graphdef, state, images, labels, head_masks, step_chunk):
     model = nnx.merge(graphdef, state)
-    logits = model(images)
-    reference = jnp.where(labels >= 0, labels, jnp.argmax(logits, axis=-1).astype(jnp.int32))
+    reference = reference_class(model(images), labels)
 
     def step(head_mask):
         logp = jax.nn.log_softmax(model(images, head_mask=head_mask), axis=-1)
@@ -106,20 +106,13 @@ def pruning_curve(model: ViT, images, scores, labels=None, most_important_first:
         raise ValueError(f"num_pruned must be a 1-d array in [0, {flat.size}]")
     head_masks = cumulative_head_masks(order, num_pruned, c.depth, c.num_heads)
     if step_chunk is None:
-        step_chunk = _default_chunk(model, batch_size, len(num_pruned))
+        step_chunk = batching.variant_chunk(c, batch_size, len(num_pruned))
     images = np.asarray(images, np.float32)
-    n = images.shape[0]
-    labels = _check_labels(labels, n, c.num_classes)
+    labels = check_labels(labels, images.shape[0], c.num_classes)
     graphdef, state = nnx.split(model)
-    probs, corrects, references = [], [], []
-    for start in range(0, n, batch_size):
-        stop = min(start + batch_size, n)
-        prob, correct, reference = _curve_chunk(
-            graphdef, state, _pad(images[start:stop], batch_size),
-            _pad(labels[start:stop], batch_size, fill=-1), head_masks, int(step_chunk))
-        probs.append(np.asarray(prob)[:, :stop - start])
-        corrects.append(np.asarray(correct)[:, :stop - start])
-        references.append(np.asarray(reference)[:stop - start])
-    return PruningCurve(order=order, num_pruned=num_pruned, prob=np.concatenate(probs, axis=1),
-                        correct=np.concatenate(corrects, axis=1),
-                        reference=np.concatenate(references))
+    prob, correct, reference = batching.map_chunks(
+        lambda images, labels: _curve_chunk(graphdef, state, images, labels, head_masks,
+                                            int(step_chunk)),
+        [images, labels], batch_size, fills=[0, -1], image_axes=(1, 1, 0))
+    return PruningCurve(order=order, num_pruned=num_pruned, prob=prob, correct=correct,
+                        reference=reference)

@@ -34,6 +34,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from vit_jax_va import batching
 from vit_jax_va.config import ViTConfig
 from vit_jax_va.devices import local_data_mesh
 from vit_jax_va.model import ViT
@@ -277,8 +278,8 @@ def predict(model: ViT, images: np.ndarray, batch_size: int = 500) -> np.ndarray
     """Class predictions int64 `[N]` for uint8 images `[N, h, w(, c)]` at the model's size."""
     images = _check_images(model.config, images, "images")
     graphdef, params = nnx.split(model)
-    return np.concatenate([np.asarray(_classes(graphdef, params, images[i:i + batch_size]))
-                           for i in range(0, len(images), batch_size)]).astype(np.int64)
+    return batching.map_chunks(functools.partial(_classes, graphdef, params), [images],
+                               max(1, min(batch_size, len(images)))).astype(np.int64)
 
 
 @functools.partial(jax.jit, static_argnums=0)
