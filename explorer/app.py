@@ -7,9 +7,8 @@ never share a selection. The run's arrays are opened once per process (`explorer
 and shared read-only.
 
 Where the runs are: `--runs DIR` / `--run NAME` after `panel serve explorer --args`, or the
-environment variables `VIT_VA_RUNS` and `VIT_VA_RUN` (and `--sweep-args "--images 200"` to make
-a missing demo run smaller); by default `runs/` in the working
-directory and its `demo` run. The run picker lists the runs directly under the runs directory
+environment variables `VIT_VA_RUNS` and `VIT_VA_RUN` (and `--demo-images 200` to make a missing
+demo run smaller); by default `runs/` in the working directory and its `demo` run. The run picker lists the runs directly under the runs directory
 and nothing else, so a browser cannot make the server open an arbitrary path. When the demo run
 does not exist yet it is computed first (the same sweep as `vit-va sweep`), with its progress
 shown in the page; a demo run of an earlier demo model (or results-store schema) is moved aside
@@ -20,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import sys
 import threading
 import time
@@ -39,6 +37,7 @@ from explorer.state import ExplorerState
 from explorer.titles import FigureTitle
 from vit_jax_va import store
 from vit_jax_va.masks import PRUNE_MODES
+from vit_jax_va.sweep import SweepOptions
 
 RUNS_ENV, RUN_ENV = "VIT_VA_RUNS", "VIT_VA_RUN"
 DEMO_RUN = "demo"
@@ -70,15 +69,16 @@ NOTES = {
 }
 
 
-def settings(argv: list[str] | None = None) -> tuple[Path, str, tuple[str, ...]]:
-    """(runs directory, run name, extra `vit-va sweep` arguments for a missing demo run) from
-    `--runs/--run/--sweep-args` arguments, the environment, or defaults."""
+def settings(argv: list[str] | None = None) -> tuple[Path, str, int | None]:
+    """(runs directory, run name, images of a missing demo run (None: all)) from
+    `--runs/--run/--demo-images` arguments, the environment, or defaults."""
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--runs", default=os.environ.get(RUNS_ENV, "runs"))
     parser.add_argument("--run", default=os.environ.get(RUN_ENV, DEMO_RUN))
-    parser.add_argument("--sweep-args", default="", help='e.g. "--images 200" for a quicker demo run')
+    parser.add_argument("--demo-images", type=int, default=None,
+                        help="sweep only the first N demo images for a missing demo run")
     args, _ = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
-    return Path(args.runs).absolute(), args.run, tuple(shlex.split(args.sweep_args))
+    return Path(args.runs).absolute(), args.run, args.demo_images
 
 
 def run_names(runs_dir: Path) -> list[str]:
@@ -91,10 +91,10 @@ def run_names(runs_dir: Path) -> list[str]:
 class SweepJob:
     """The demo sweep in a background thread; sessions poll it to show its progress.
 
-    `sweep_args` are extra `vit-va sweep` arguments (the tests make a small demo run)."""
+    `images` and `options` shrink the sweep (None and the defaults: `vit-va sweep`'s)."""
 
-    def __init__(self, out: Path, sweep_args: tuple[str, ...] = ()):
-        self.out, self.sweep_args = out, tuple(sweep_args)
+    def __init__(self, out: Path, images: int | None = None, options: SweepOptions = SweepOptions()):
+        self.out, self.images, self.options = out, images, options
         self.stage, self.done, self.total = "starting", 0, 1
         self.stages_seen: list[str] = []
         self.lines: list[str] = []
@@ -114,7 +114,8 @@ class SweepJob:
         try:
             from explorer.sweeping import run_demo_sweep
 
-            run_demo_sweep(self.out, log=self.log, progress=self._progress, extra_args=self.sweep_args)
+            run_demo_sweep(self.out, images=self.images, options=self.options, log=self.log,
+                           progress=self._progress)
         except Exception as err:  # shown in the page: the user needs to know why
             self.error = f"{type(err).__name__}: {err}"
             self.log(traceback.format_exc())
@@ -131,14 +132,14 @@ _JOBS: dict[str, SweepJob] = {}
 _JOBS_LOCK = threading.Lock()
 
 
-def demo_sweep(out: Path, sweep_args: tuple[str, ...] = ()) -> SweepJob:
+def demo_sweep(out: Path, images: int | None = None, options: SweepOptions = SweepOptions()) -> SweepJob:
     """The (one per process and output directory) background sweep that makes the demo run.
     Sessions share a running sweep; a finished one is not reused (the run it made has gone or
     is incomplete if a session asks again, e.g. after an upgrade moved it aside)."""
     with _JOBS_LOCK:
         job = _JOBS.get(str(out))
         if job is None or job.finished:
-            job = _JOBS[str(out)] = SweepJob(out, sweep_args).start()
+            job = _JOBS[str(out)] = SweepJob(out, images, options).start()
         return job
 
 
@@ -429,9 +430,10 @@ class ExplorerApp:
     """The page of one session: a run picker, then the explorer of the chosen run (or the
     progress of the demo sweep while it runs)."""
 
-    def __init__(self, runs_dir: Path, run: str = DEMO_RUN, sweep_args: tuple[str, ...] = ()):
+    def __init__(self, runs_dir: Path, run: str = DEMO_RUN, demo_images: int | None = None,
+                 demo_options: SweepOptions = SweepOptions()):
         self.runs_dir = Path(runs_dir)
-        self.sweep_args = tuple(sweep_args)
+        self.demo_images, self.demo_options = demo_images, demo_options
         self.job: SweepJob | None = None
         self.views: ExplorerViews | None = None
         self.state: ExplorerState | None = None
@@ -492,7 +494,7 @@ class ExplorerApp:
         self.main[:] = [pn.pane.Alert(text, alert_type="warning")]
 
     def _show_sweep(self, path: Path) -> None:
-        job = self.job = demo_sweep(path, self.sweep_args)
+        job = self.job = demo_sweep(path, self.demo_images, self.demo_options)
         bar = pn.indicators.Progress(value=0, max=100, width=500)
         status = pn.pane.Markdown("", margin=(0, 10))
         log = pn.pane.Str("", styles={"font-size": "11px"})
@@ -527,14 +529,14 @@ class ExplorerApp:
 
 
 def build_app(runs_dir: str | Path | None = None, run: str | None = None,
-              sweep_args: tuple[str, ...] = ()) -> ExplorerApp:
+              demo_images: int | None = None) -> ExplorerApp:
     """One session's explorer: call once per browser session (creates its own state)."""
     pn.extension(sizing_mode="fixed", notifications=False)
     hv.extension("bokeh", logo=False)
     views.set_defaults()
-    default_dir, default_run, default_sweep_args = settings()
+    default_dir, default_run, default_demo_images = settings()
     return ExplorerApp(Path(runs_dir) if runs_dir is not None else default_dir, run or default_run,
-                       sweep_args or default_sweep_args)
+                       demo_images if demo_images is not None else default_demo_images)
 
 
 def serve(runs_dir: str | Path, run: str = DEMO_RUN, *, port: int = 5006,

@@ -21,6 +21,14 @@ SMALL = ["--batch-size", "8", "--chunk-size", "24", "--pattern-images", "12",
          "--projection", "pca", "--keep-attention", "2", "--no-progress"]
 
 
+def small_options():
+    """`SMALL` as `SweepOptions` (for the explorer's own demo sweep)."""
+    from vit_jax_va.sweep import SweepOptions
+
+    return SweepOptions(batch_size=8, chunk_size=24, pattern_images=12, projection="pca",
+                        keep_attention=2)
+
+
 def _sweep(*args: str) -> None:
     result = subprocess.run([sys.executable, "-m", "vit_jax_va.cli", "sweep", *args, *SMALL],
                             capture_output=True, text=True, cwd=REPO)

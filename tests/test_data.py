@@ -325,7 +325,7 @@ def test_dataset_checks_its_inputs():
 def test_a_folder_is_idx_data_by_its_files_magic_numbers_not_their_names(tmp_path):
     """`--data FOLDER`: photos whose names contain "idx" are photos; IDX files are found by
     their magic number (plain or gzip), whatever they are named."""
-    from vit_jax_va.cli import resolve_data
+    from vit_jax_va.inputs import resolve_data
     from vit_jax_va.data import is_idx_file
 
     photos = tmp_path / "photos"

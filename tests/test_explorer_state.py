@@ -226,9 +226,9 @@ def test_modes_missing_from_the_store_are_computed_live(runs, arrays):
 def test_missing_demo_run_is_computed_first_with_progress(tmp_path):
     """A runs directory without the demo run: the app runs the sweep (the same one as
     `vit-va sweep`, shrunk here), reports its stages, then shows the explorer on it."""
-    from tests.explorer_runs import SMALL
+    from tests.explorer_runs import small_options
 
-    app = ExplorerApp(tmp_path, "demo", sweep_args=("--images", "8", *SMALL))
+    app = ExplorerApp(tmp_path, "demo", demo_images=8, demo_options=small_options())
     assert app.job is not None and app.job.error is None, app.job and app.job.lines
     assert {"analyse", "patterns"} <= set(app.job.stages_seen)
     assert app.state is not None and app.state.data.num_images == 8
@@ -241,7 +241,7 @@ def test_missing_demo_run_is_computed_first_with_progress(tmp_path):
     manifest = json.loads(manifest_path.read_text())
     manifest["model"]["weights_sha256"] = "0123abcd" + "0" * 56
     manifest_path.write_text(json.dumps(manifest))
-    again = ExplorerApp(tmp_path, "demo", sweep_args=("--images", "8", *SMALL))
+    again = ExplorerApp(tmp_path, "demo", demo_images=8, demo_options=small_options())
     assert again.job is not app.job and again.job.error is None, again.job.lines
     assert again.picker.options == ["demo", "demo-0123abcd"]
     retired = json.loads((tmp_path / "demo-0123abcd" / "manifest.json").read_text())

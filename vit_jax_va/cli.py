@@ -23,28 +23,16 @@ import time
 from collections.abc import Sequence
 from importlib.metadata import entry_points
 
+from vit_jax_va.inputs import MissingExtraError, require_timm
+from vit_jax_va.patterns import PROJECTIONS
+from vit_jax_va.sweep import SweepOptions
+
 # The entry-point group through which other packages add `vit-va` subcommands.
 COMMANDS_GROUP = "vit_jax_va.commands"
 
 
-class MissingExtraError(RuntimeError):
-    """A subcommand needs an optional dependency that is not installed (names it and the fix)."""
-
-
-def _require_timm(what: str) -> None:
-    """Raise `MissingExtraError` unless torch and timm can be imported (`converters` imports
-    them lazily, so importing it alone proves nothing)."""
-    import importlib.util
-
-    missing = [m for m in ("torch", "timm") if importlib.util.find_spec(m) is None]
-    if missing:
-        raise MissingExtraError(f"{what} needs {' and '.join(missing)}, which "
-                                f"{'is' if len(missing) == 1 else 'are'} not installed: "
-                                "pip install 'vit-jax-va[timm]'")
-
-
 def _convert(args: argparse.Namespace) -> int:
-    _require_timm("vit-va convert")
+    require_timm("vit-va convert")
     import converters
     import vit_jax_va
 
@@ -92,81 +80,47 @@ def _train_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def resolve_model(spec: str, model_name: str | None = None):
-    """'demo', a vit_jax_va checkpoint directory, or a timm name/file (converted on the fly)."""
-    from pathlib import Path
-
-    import vit_jax_va
-
-    if spec == "demo":
-        from vit_jax_va.demo import load_demo_model
-
-        return load_demo_model()
-    path = Path(spec)
-    if path.is_dir():
-        return vit_jax_va.load(path)
-    _require_timm(f"--model {spec!r} (not a vit_jax_va checkpoint directory, so a timm model "
-                  "name or file to convert)")
-    import converters
-
-    return converters.from_timm(spec, model_name=model_name)
+def _attention_images(text: str) -> int | tuple[int, ...]:
+    """`--keep-attention`: "8" (the first 8 images) or "0,17,42" (those positions)."""
+    try:
+        if "," in text:
+            return tuple(int(part) for part in text.split(",") if part.strip())
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a count or comma-separated image positions, got {text!r}") from None
 
 
-def resolve_data(spec: str):
-    """'demo', a folder of images (class sub-folders or flat), a folder of MNIST-style IDX
-    files (the test split is used), a text file listing image paths, or one image file."""
-    from pathlib import Path
-
-    from vit_jax_va import data
-
-    if spec == "demo":
-        from vit_jax_va.demo import load_demo_images
-
-        return load_demo_images()
-    path = Path(spec)
-    if path.is_dir():
-        # IDX data by the files' magic numbers (a photo named frame_idx01.png is a photo); image
-        # files are not opened for it.
-        if any(p.is_file() and p.suffix.lower() not in data.IMAGE_SUFFIXES and data.is_idx_file(p)
-               for p in path.iterdir()):
-            return data.load_mnist(path, split="test")
-        return data.load_image_folder(path)
-    if path.is_file() and path.suffix == ".txt":
-        lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-        return data.load_image_files([path.parent / line for line in lines])
-    if path.is_file():
-        return data.load_image_files([path])
-    raise FileNotFoundError(f"--data {spec!r}: no such folder or file")
+# The `vit-va sweep` flags of `SweepOptions` fields: (flag, argparse settings, help); the help
+# shows the field's default.
+_OPTION_FLAGS = (
+    ("--batch-size", dict(type=int), "images per jitted call"),
+    ("--chunk-size", dict(type=int), "images per resumable chunk"),
+    ("--modes", dict(nargs="+", metavar="MODE"), "prune modes"),
+    ("--keep-attention", dict(type=_attention_images, metavar="N|I,J,..."),
+     "keep the full attention of the first N images, or of the images at these "
+     "comma-separated positions"),
+    ("--pattern-images", dict(type=int), "images whose pattern items train the autoencoders"),
+    ("--latent-dim", dict(type=int), "size of the autoencoders' latent space"),
+    ("--clusters", dict(type=int), "k-means clusters (prototype patterns) of each pattern space"),
+    ("--projection", dict(choices=PROJECTIONS), "2-D projection of the pattern space"),
+    ("--curve-images", dict(type=int), "images of the cumulative pruning curves"),
+    ("--precision", dict(choices=("highest", "high", "default")),
+     "JAX matmul precision; 'default' is fastest on GPU/TPU"),
+    ("--seed", dict(type=int), "seed of every random choice"),
+)
 
 
-def sweep_inputs(args: argparse.Namespace, log=print):
-    """(model, data set, `SweepOptions`, run directory, model source) of parsed `vit-va sweep`
-    arguments. The model source recorded in the manifest is absolute for a checkpoint
-    directory, so the explorer finds the model from any working directory."""
-    from pathlib import Path
+def _field(flag: str) -> str:
+    return flag[2:].replace("-", "_")
 
-    from vit_jax_va.sweep import SweepOptions, usable_images
 
-    out = args.out
-    if out is None:
-        if args.model == "demo" and args.data == "demo":
-            out = Path(args.runs_dir) / "demo"
-            if not getattr(args, "distributed", False):
-                from vit_jax_va.demo import retire_stale_demo_run
-
-                retire_stale_demo_run(out, log=log)  # a run of an earlier demo model
-        else:
-            out = Path(args.runs_dir) / f"{Path(args.model).stem}-{Path(args.data).stem}"
-    options = SweepOptions(**{k: v for k, v in dict(
-        modes=tuple(args.modes) if args.modes else None, batch_size=args.batch_size,
-        chunk_size=args.chunk_size, keep_attention=args.keep_attention,
-        pattern_images=args.pattern_images, latent_dim=args.latent_dim, clusters=args.clusters,
-        projection=args.projection, curve_images=args.curve_images, precision=args.precision,
-        seed=args.seed).items() if v is not None})
-    model = resolve_model(args.model, args.model_name)
-    source = str(Path(args.model).absolute()) if Path(args.model).is_dir() else args.model
-    dataset = usable_images(resolve_data(args.data), args.images, log=log)
-    return model, dataset, options, Path(out), source
+def sweep_options(args: argparse.Namespace) -> SweepOptions:
+    """The `SweepOptions` of parsed `vit-va sweep` flags (a flag not given keeps its default)."""
+    given = {_field(flag): getattr(args, _field(flag)) for flag, _, _ in _OPTION_FLAGS}
+    if given["modes"]:
+        given["modes"] = tuple(given["modes"])
+    return SweepOptions(**{k: v for k, v in given.items() if v is not None})
 
 
 def initialize_distributed(args: argparse.Namespace) -> None:
@@ -183,15 +137,18 @@ def initialize_distributed(args: argparse.Namespace) -> None:
 
 
 def _sweep(args: argparse.Namespace) -> int:
+    from vit_jax_va.inputs import sweep_inputs
     from vit_jax_va.sweep import Sweep
 
     if args.distributed:
         initialize_distributed(args)
     elif any(v is not None for v in (args.coordinator, args.num_processes, args.process_id)):
         raise ValueError("--coordinator, --num-processes and --process-id go with --distributed")
-    model, dataset, options, out, source = sweep_inputs(args)
-    Sweep(model, dataset, out, options=options, model_source=source,
-          progress=not args.no_progress).run()
+    inputs = sweep_inputs(model=args.model, data=args.data, out=args.out, runs_dir=args.runs_dir,
+                          images=args.images, model_name=args.model_name,
+                          options=sweep_options(args), retire_stale_demo=not args.distributed)
+    Sweep(inputs.model, inputs.dataset, inputs.out, options=inputs.options,
+          model_source=inputs.model_source, progress=not args.no_progress).run()
     return 0
 
 
@@ -275,27 +232,11 @@ def build_parser() -> argparse.ArgumentParser:
                                      "RUNS_DIR/MODEL-DATA)")
     sweep.add_argument("--runs-dir", default="runs", help="where runs go (default: runs)")
     sweep.add_argument("--images", type=int, help="use only the first N images")
-    sweep.add_argument("--batch-size", type=int, help="images per jitted call (default 16)")
-    sweep.add_argument("--chunk-size", type=int, help="images per resumable chunk (default 64)")
-    sweep.add_argument("--modes", nargs="+", metavar="MODE",
-                       help="prune modes (default: all six: none head cls patch cross cls_cls)")
-    sweep.add_argument("--keep-attention", type=_attention_images, metavar="N|I,J,...",
-                       help="keep the full attention of the first N images, or of the images "
-                            "at these comma-separated positions (default 4)")
-    sweep.add_argument("--pattern-images", type=int,
-                       help="images whose pattern items train the autoencoders (default 200)")
-    sweep.add_argument("--latent-dim", type=int,
-                       help="size of the autoencoders' latent space (default 8)")
-    sweep.add_argument("--clusters", type=int,
-                       help="k-means clusters (prototype patterns) of each pattern space "
-                            "(default 8)")
-    sweep.add_argument("--projection", choices=("tsne", "umap", "pca"),
-                       help="2-D projection of the pattern space (default tsne)")
-    sweep.add_argument("--curve-images", type=int,
-                       help="images of the cumulative pruning curves (default 256)")
-    sweep.add_argument("--precision", choices=("highest", "high", "default"),
-                       help="JAX matmul precision; 'default' is fastest on GPU/TPU (default highest)")
-    sweep.add_argument("--seed", type=int, help="seed of every random choice (default 0)")
+    defaults = SweepOptions()
+    for flag, kwargs, text in _OPTION_FLAGS:
+        value = getattr(defaults, _field(flag))
+        shown = " ".join(value) if isinstance(value, tuple) else value
+        sweep.add_argument(flag, **kwargs, help=f"{text} (default: {shown})")
     sweep.add_argument("--distributed", action="store_true",
                        help="several hosts: start the same command on each; every host sweeps "
                             "its share of the image chunks on its own devices, then process 0 "
@@ -311,17 +252,6 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--no-progress", action="store_true", help="no progress bars")
     sweep.set_defaults(run=_sweep)
     return parser
-
-
-def _attention_images(text: str) -> int | tuple[int, ...]:
-    """`--keep-attention`: "8" (the first 8 images) or "0,17,42" (those positions)."""
-    try:
-        if "," in text:
-            return tuple(int(part) for part in text.split(",") if part.strip())
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected a count or comma-separated image positions, got {text!r}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

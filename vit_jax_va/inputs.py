@@ -1,0 +1,129 @@
+"""What a sweep runs on, from the names a user gives: a model, a data set and a run directory.
+
+One resolution for every front end: `vit-va sweep`, the explorer's demo sweep, notebooks.
+
+- model: "demo" (the shipped model), a vit_jax_va checkpoint directory, or a timm model name
+  or checkpoint file (converted on the fly; needs the `[timm]` extra);
+- data: "demo" (the shipped images), a folder of images (class sub-folders or flat), a folder
+  of MNIST-style IDX files (its test split), a `.txt` list of image paths, or one image file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+from collections.abc import Callable
+from pathlib import Path
+
+from vit_jax_va.data import ImageDataset
+from vit_jax_va.model import ViT
+from vit_jax_va.sweep import SweepOptions, usable_images
+
+
+class MissingExtraError(RuntimeError):
+    """Something needs an optional dependency that is not installed (names it and the fix)."""
+
+
+def require_timm(what: str) -> None:
+    """Raise `MissingExtraError` unless torch and timm can be imported (`converters` imports
+    them lazily, so importing it alone proves nothing)."""
+    missing = [m for m in ("torch", "timm") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise MissingExtraError(f"{what} needs {' and '.join(missing)}, which "
+                                f"{'is' if len(missing) == 1 else 'are'} not installed: "
+                                "pip install 'vit-jax-va[timm]'")
+
+
+def resolve_model(spec: str, model_name: str | None = None) -> ViT:
+    """The model `spec` names (see the module docstring); `model_name` is the timm
+    architecture of a checkpoint file."""
+    from vit_jax_va import checkpoint
+
+    if spec == "demo":
+        from vit_jax_va.demo import load_demo_model
+
+        return load_demo_model()
+    path = Path(spec)
+    if path.is_dir():
+        return checkpoint.load(path)
+    require_timm(f"--model {spec!r} (not a vit_jax_va checkpoint directory, so a timm model "
+                 "name or file to convert)")
+    import converters
+
+    return converters.from_timm(spec, model_name=model_name)
+
+
+def resolve_data(spec: str) -> ImageDataset:
+    """The images `spec` names (see the module docstring)."""
+    from vit_jax_va import data
+
+    if spec == "demo":
+        from vit_jax_va.demo import load_demo_images
+
+        return load_demo_images()
+    path = Path(spec)
+    if path.is_dir():
+        # IDX data by the files' magic numbers (a photo named frame_idx01.png is a photo); image
+        # files are not opened for it.
+        if any(p.is_file() and p.suffix.lower() not in data.IMAGE_SUFFIXES and data.is_idx_file(p)
+               for p in path.iterdir()):
+            return data.load_mnist(path, split="test")
+        return data.load_image_folder(path)
+    if path.is_file() and path.suffix == ".txt":
+        lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        return data.load_image_files([path.parent / line for line in lines])
+    if path.is_file():
+        return data.load_image_files([path])
+    raise FileNotFoundError(f"--data {spec!r}: no such folder or file")
+
+
+def model_provenance(spec: str) -> str:
+    """What a run's manifest records as the model's origin (`model.source`): "demo", a timm
+    name or file as given, or a checkpoint directory made absolute, so that the explorer finds
+    the model from any working directory."""
+    return str(Path(spec).absolute()) if Path(spec).is_dir() else spec
+
+
+def default_run_dir(model: str, data: str, runs_dir: str | Path = "runs") -> Path:
+    """`RUNS_DIR/demo` for the demo model on the demo images, else `RUNS_DIR/MODEL-DATA`."""
+    if model == "demo" and data == "demo":
+        return Path(runs_dir) / "demo"
+    return Path(runs_dir) / f"{Path(model).stem}-{Path(data).stem}"
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepInputs:
+    """Everything `vit_jax_va.Sweep` needs: `Sweep(i.model, i.dataset, i.out,
+    options=i.options, model_source=i.model_source)`."""
+
+    model: ViT
+    dataset: ImageDataset
+    options: SweepOptions
+    out: Path
+    model_source: str
+
+
+def sweep_inputs(*, model: str = "demo", data: str = "demo", out: str | Path | None = None,
+                 runs_dir: str | Path = "runs", images: int | None = None,
+                 model_name: str | None = None, options: SweepOptions = SweepOptions(),
+                 retire_stale_demo: bool = True,
+                 log: Callable[[str], None] = print) -> SweepInputs:
+    """Resolve a sweep's model, images and run directory.
+
+    Args:
+      model, data: what to sweep, as named in the module docstring.
+      out: the run directory; default `default_run_dir(model, data, runs_dir)`.
+      images: use only the first N readable images (unreadable files are skipped and logged).
+      model_name: timm architecture of a checkpoint file.
+      retire_stale_demo: move aside a default demo run of an earlier demo model, so that the
+        default sweep starts afresh (off under `--distributed`, where hosts share `out`).
+    """
+    if out is None:
+        out = default_run_dir(model, data, runs_dir)
+        if retire_stale_demo and model == "demo" and data == "demo":
+            from vit_jax_va.demo import retire_stale_demo_run
+
+            retire_stale_demo_run(out, log=log)
+    return SweepInputs(model=resolve_model(model, model_name),
+                       dataset=usable_images(resolve_data(data), images, log=log),
+                       options=options, out=Path(out), model_source=model_provenance(model))
