@@ -12,7 +12,7 @@ from timm_cases import CASES, NAMED, make_case, make_named, random_images, set_f
 
 import converters
 import vit_jax_va
-from converters.timm import UnsupportedModelError
+from converters.timm_config import UnsupportedModelError
 from vit_jax_va import CheckpointError
 
 LOGITS_TOL = 1e-4

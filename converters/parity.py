@@ -1,0 +1,59 @@
+"""Numerical parity of a converted model with its timm source: logits and every layer's
+post-softmax attention on the same inputs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+
+from vit_jax_va.model import ViT
+
+
+def timm_forward(timm_model: Any, images_nchw: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Run a timm ViT in eval mode and capture every layer's post-softmax attention.
+
+    With fused attention off, the attention timm computed is read at `attn.attn_drop`'s input;
+    with it on (scaled_dot_product_attention never forms the matrix), it is recomputed from the
+    query and key timm produced, read at `attn.q_norm`/`attn.k_norm`.
+    Returns logits `[B, K]` and attention `[B, L, H, T, T]` as numpy.
+    """
+    import torch
+
+    captured: dict[tuple[int, str], torch.Tensor] = {}
+    hooks = []
+    for layer, block in enumerate(timm_model.blocks):
+        for name in ("q_norm", "k_norm", "attn_drop"):
+            hooks.append(getattr(block.attn, name).register_forward_hook(
+                lambda _m, args, out, key=(layer, name): captured.__setitem__(key, out)))
+    try:
+        with torch.inference_mode():
+            logits = timm_model.eval()(images_nchw)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    attention = []
+    for layer, block in enumerate(timm_model.blocks):
+        if (layer, "attn_drop") in captured:
+            attention.append(captured[layer, "attn_drop"])
+        else:
+            q = captured[layer, "q_norm"] * block.attn.scale
+            attention.append((q @ captured[layer, "k_norm"].transpose(-2, -1)).softmax(-1))
+    return logits.numpy(), torch.stack(attention, dim=1).numpy()
+
+
+def parity_report(timm_model: Any, model: ViT, num_images: int = 4, seed: int = 0) -> dict[str, float]:
+    """Max |difference| of logits and of every layer's attention between a timm model and ours
+    on seeded standard-normal inputs. Runs ours at full float32 matmul precision."""
+    import torch
+
+    config = model.config
+    rng = np.random.default_rng(seed)
+    images = rng.standard_normal((num_images, *config.image_size, config.in_channels), np.float32)
+    timm_logits, timm_attention = timm_forward(timm_model, torch.from_numpy(images.transpose(0, 3, 1, 2)))
+    with jax.default_matmul_precision("highest"):
+        out = model(jax.numpy.asarray(images), return_attention=True)
+    return {"logits_max_abs_diff": float(np.max(np.abs(np.asarray(out.logits) - timm_logits))),
+            "attention_max_abs_diff": float(np.max(np.abs(np.asarray(out.attention) - timm_attention))),
+            "num_images": num_images}

@@ -1,0 +1,191 @@
+"""timm's `VisionTransformer` settings <-> `ViTConfig`: every structural setting is read and
+checked, and anything `vit_jax_va.ViT` does not implement is refused by name."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from vit_jax_va.checkpoint import CheckpointError
+from vit_jax_va.config import ViTConfig
+
+
+class UnsupportedModelError(CheckpointError):
+    """The timm model uses a setting this converter does not implement (named in the message)."""
+
+
+def config_from_timm(model: Any) -> ViTConfig:
+    """Read a `ViTConfig` off a timm `VisionTransformer` (or DeiT `VisionTransformerDistilled`).
+
+    Every structural setting is checked against what `vit_jax_va.ViT` implements; anything else
+    (qk-norm, attention-output norm, gated attention, rotary/relative positions, other block,
+    MLP, norm or activation types, attention pooling, patch-embedding norm) raises
+    `UnsupportedModelError` naming the setting. The converter reads the modules, not the
+    constructor arguments, so settings that leave no trace in them (drop rates, init schemes,
+    `fused_attn`) cannot change what it converts.
+    """
+    import timm
+    import torch.nn as nn
+    from timm.layers import LayerScale, Mlp, PatchEmbed
+    from timm.models.vision_transformer import Attention, Block, VisionTransformer
+
+    def refuse(setting: str) -> None:
+        raise UnsupportedModelError(
+            f"{type(model).__name__}: {setting} is not supported by vit_jax_va.ViT")
+
+    if not isinstance(model, VisionTransformer):
+        refuse(f"model class {type(model).__module__}.{type(model).__name__} "
+               "(only timm VisionTransformer and VisionTransformerDistilled are)")
+    if type(model.patch_embed) is not PatchEmbed:
+        refuse(f"patch embedding {type(model.patch_embed).__name__}")
+    if not isinstance(model.patch_embed.norm, nn.Identity):
+        refuse("a norm layer inside the patch embedding (embed_norm_layer)")
+    if getattr(model, "attn_pool", None) is not None:
+        refuse(f"attention pooling (global_pool={model.global_pool!r})")
+    if model.global_pool not in ("token", "avg", "max", "avgmax"):
+        refuse(f"global_pool={model.global_pool!r}")
+
+    blocks = list(model.blocks)
+    first = blocks[0]
+    eps = _layer_norm_eps(first.norm1, "blocks.0.norm1", refuse)
+    for i, block in enumerate(blocks):
+        where = f"blocks.{i}"
+        if type(block) is not Block:
+            refuse(f"{where} block type {type(block).__name__}")
+        attn, mlp = block.attn, block.mlp
+        if type(attn) is not Attention:
+            refuse(f"{where}.attn type {type(attn).__name__}")
+        if not (isinstance(attn.q_norm, nn.Identity) and isinstance(attn.k_norm, nn.Identity)):
+            refuse(f"{where}.attn qk_norm")
+        if not isinstance(attn.norm, nn.Identity):
+            refuse(f"{where}.attn scale_attn_norm")
+        if getattr(attn, "gate", None) is not None:
+            refuse(f"{where}.attn gated attention")
+        if attn.num_heads * attn.head_dim != model.embed_dim or attn.proj.out_features != model.embed_dim:
+            refuse(f"{where}.attn head dim {attn.head_dim} x {attn.num_heads} heads != "
+                   f"embed_dim {model.embed_dim} (attn_head_dim / dim_out)")
+        if type(mlp) is not Mlp:
+            refuse(f"{where}.mlp type {type(mlp).__name__}")
+        if not isinstance(mlp.norm, nn.Identity):
+            refuse(f"{where}.mlp scale_mlp_norm")
+        if type(mlp.act) is not nn.GELU or mlp.act.approximate != "none":
+            refuse(f"{where}.mlp activation {mlp.act!r} (only exact GELU is)")
+        for name in ("norm1", "norm2"):
+            if _layer_norm_eps(getattr(block, name), f"{where}.{name}", refuse) != eps:
+                refuse(f"{where}.{name} eps differing from blocks.0.norm1")
+        for name in ("ls1", "ls2"):
+            scale = getattr(block, name)
+            if not isinstance(scale, (LayerScale, nn.Identity)):
+                refuse(f"{where}.{name} type {type(scale).__name__}")
+        same = (attn.num_heads == first.attn.num_heads,
+                (attn.qkv.bias is None) == (first.attn.qkv.bias is None),
+                (attn.proj.bias is None) == (first.attn.proj.bias is None),
+                (mlp.fc1.bias is None) == (attn.proj.bias is None),
+                (mlp.fc2.bias is None) == (attn.proj.bias is None),
+                mlp.fc1.out_features == first.mlp.fc1.out_features,
+                type(block.ls1) is type(first.ls1) and type(block.ls2) is type(first.ls1))
+        if not all(same):
+            refuse(f"{where} differing from blocks.0 (heads, biases, MLP width or layer scale)")
+    for name in ("norm_pre", "norm", "fc_norm"):
+        module = getattr(model, name)
+        if not isinstance(module, nn.Identity) and _layer_norm_eps(module, name, refuse) != eps:
+            refuse(f"{name} eps differing from the blocks'")
+
+    pre_norm = not isinstance(model.norm_pre, nn.Identity)
+    if (model.patch_embed.proj.bias is None) != pre_norm:
+        refuse("a patch-embedding bias that does not follow pre_norm (bias iff not pre_norm)")
+    distilled = hasattr(model, "dist_token")
+    if distilled and not isinstance(model.head, nn.Identity) and not isinstance(model.head_dist, nn.Linear):
+        refuse("a distilled model without a distillation head")
+    for name in ("head",) + (("head_dist",) if distilled else ()):
+        if not isinstance(getattr(model, name), (nn.Linear, nn.Identity)):
+            refuse(f"{name} type {type(getattr(model, name)).__name__}")
+
+    data = timm.data.resolve_data_config({}, model=model)
+    in_channels = model.patch_embed.proj.in_channels
+    mean, std = tuple(data["mean"]), tuple(data["std"])
+    if len(mean) != in_channels:
+        # timm keeps RGB statistics for models adapted to other channel counts; use their mean.
+        mean, std = (float(np.mean(mean)),) * in_channels, (float(np.mean(std)),) * in_channels
+    return ViTConfig(
+        image_size=tuple(model.patch_embed.img_size),
+        patch_size=tuple(model.patch_embed.patch_size),
+        in_channels=in_channels,
+        width=model.embed_dim,
+        depth=len(blocks),
+        num_heads=first.attn.num_heads,
+        mlp_ratio=first.mlp.fc1.out_features / model.embed_dim,
+        qkv_bias=first.attn.qkv.bias is not None,
+        proj_bias=first.attn.proj.bias is not None,
+        class_token=model.cls_token is not None,
+        distillation_token=distilled,
+        num_register_tokens=model.num_reg_tokens,
+        pos_embed=model.pos_embed is not None,
+        no_embed_class=model.no_embed_class,
+        pre_norm=pre_norm,
+        final_norm=not (isinstance(model.norm, nn.Identity) and isinstance(model.fc_norm, nn.Identity)),
+        fc_norm=not isinstance(model.fc_norm, nn.Identity),
+        pool=model.global_pool,
+        pool_include_prefix=bool(model.pool_include_prefix),
+        layer_scale=isinstance(first.ls1, LayerScale),
+        layer_norm_eps=eps,
+        num_classes=model.num_classes,
+        mean=mean,
+        std=std,
+        interpolation=data["interpolation"],
+        crop_fraction=float(data["crop_pct"]),
+        crop_mode=data.get("crop_mode", "center"),
+    )
+
+
+def _layer_norm_eps(module: Any, where: str, refuse: Any) -> float:
+    import torch.nn as nn
+
+    if not isinstance(module, nn.LayerNorm) or not module.elementwise_affine or module.bias is None:
+        refuse(f"{where} norm {type(module).__name__} (only affine LayerNorm is)")
+    return float(module.eps)
+
+
+def timm_kwargs(config: ViTConfig) -> dict[str, Any]:
+    """Constructor kwargs for timm's `VisionTransformer` (or the distilled one) for `config`."""
+    if config.mlp_hidden != config.width * config.mlp_ratio:
+        raise ValueError(f"mlp_ratio={config.mlp_ratio} gives a fractional MLP width")
+    kwargs = dict(
+        img_size=config.image_size, patch_size=config.patch_size, in_chans=config.in_channels,
+        num_classes=config.num_classes, global_pool=config.pool, embed_dim=config.width,
+        depth=config.depth, num_heads=config.num_heads, mlp_ratio=config.mlp_ratio,
+        qkv_bias=config.qkv_bias, proj_bias=config.proj_bias,
+        init_values=1.0 if config.layer_scale else None, class_token=config.class_token,
+        pos_embed="learn" if config.pos_embed else "none", no_embed_class=config.no_embed_class,
+        reg_tokens=config.num_register_tokens, pre_norm=config.pre_norm,
+        final_norm=config.final_norm, fc_norm=config.fc_norm,
+        pool_include_prefix=config.pool_include_prefix,
+    )
+    if config.layer_norm_eps != 1e-6:
+        import functools
+
+        import torch.nn as nn
+
+        kwargs["norm_layer"] = functools.partial(nn.LayerNorm, eps=config.layer_norm_eps)
+    return kwargs
+
+
+def create_timm_model(config: ViTConfig, state_dict: Mapping[str, Any] | None = None) -> Any:
+    """A timm model with `config`'s architecture in eval mode, loaded strictly from `state_dict`."""
+    import torch
+    from timm.models.deit import VisionTransformerDistilled
+    from timm.models.vision_transformer import VisionTransformer
+
+    cls = VisionTransformerDistilled if config.distillation_token else VisionTransformer
+    model = cls(**timm_kwargs(config))
+    model.pretrained_cfg = {**getattr(model, "pretrained_cfg", {}),
+                            "mean": config.mean, "std": config.std,
+                            "interpolation": config.interpolation,
+                            "crop_pct": config.crop_fraction, "crop_mode": config.crop_mode,
+                            "input_size": (config.in_channels, *config.image_size)}
+    if state_dict is not None:
+        model.load_state_dict({k: torch.tensor(np.asarray(v)) for k, v in state_dict.items()},
+                              strict=True)
+    return model.eval()
