@@ -77,3 +77,32 @@ def test_relative_links_point_at_existing_files(page):
         if not (page.parent / target.split("#", 1)[0]).exists():
             broken.append(target)
     assert not broken, f"{page.name} links to missing files: {broken}"
+
+
+def _architecture_generator():
+    spec = importlib.util.spec_from_file_location("make_architecture", DOCS / "make_architecture.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_architecture_names_every_module_and_only_modules_that_exist():
+    root = DOCS.parent
+    text = (DOCS / "architecture.md").read_text()
+    listed = set(re.findall(r"^\s*- `([\w/]+\.py)`:", text, re.M))
+    # A bare name under a folder's paragraph is relative to it ("model.py" is vit_jax_va/model.py).
+    paths = {name if "/" in name and name.split("/")[0] in ("converters", "explorer") else f"vit_jax_va/{name}"
+             for name in listed}
+    modules = {p.relative_to(root).as_posix() for folder in ("vit_jax_va", "converters", "explorer")
+               for p in (root / folder).rglob("*.py")
+               if p.name != "__init__.py" or p.parent.name == "demo"}
+    assert sorted(modules - paths) == [], "modules missing from docs/architecture.md"
+    assert sorted(paths - modules) == [], "docs/architecture.md names modules that do not exist"
+
+
+def test_architecture_picture_is_current(tmp_path):
+    generator = _architecture_generator()
+    assert generator.main(["--check"]) == 0, "docs/architecture.svg is stale: run python docs/make_architecture.py"
+    stale = tmp_path / "architecture.svg"
+    stale.write_text("<svg/>")
+    assert generator.main(["--check", "--output", str(stale)]) == 1

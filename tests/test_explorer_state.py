@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from explorer import views
-from explorer.app import ExplorerApp, ExplorerViews, build_app
+from explorer.app import ExplorerApp, build_app
+from explorer.wiring import ExplorerViews
 from explorer.data import RunData, load_run
 from explorer.state import ExplorerState
 from tests.explorer_runs import demo_runs_dir

@@ -1,0 +1,122 @@
+"""The page of a run: the four areas laid out like the paper's system overview, their
+how-to-read notes, and the sidebar controls bound to the session's state."""
+
+from __future__ import annotations
+
+import panel as pn
+
+from explorer.data import METRICS, MODE_LABELS, SCOPES, RunData
+from explorer.state import ExplorerState
+from explorer.wiring import ExplorerViews
+from vit_jax_va.masks import PRUNE_MODES
+
+NOTES = {
+    "A": "Every analysed image, placed by its features (t-SNE); colour is the class, opacity the "
+         "probability the model gives the true class. Hover for the thumbnail; click an image "
+         "(or type its id in the sidebar) to select it. B and D follow the selected image.",
+    "B": "**B1**: the metric when one head is pruned (its attention zeroed), for every head: a "
+         "dip marks a head the prediction needs. Click a dot or a heat-map cell to select a head. "
+         "**B2**: the same for the six partial-pruning modes (grey blocks of the glyph are "
+         "zeroed: top row / left column = CLS, the rest = patches); click a bar to choose the "
+         "mode of **B3**, the top-5 after that pruning. The curve prunes heads cumulatively "
+         "(ranked on half of the images, measured on the other half): a good ranking loses "
+         "accuracy fast when the most important go first.",
+    "C": "**C1**: entropy of each head's n-hop strength profile (0 = all attention on one ring, "
+         "ln(rings) = flat); early layers spread out, late layers are global. Click a dot or "
+         "box-select several. **C2**: strength at each hop d for the selected head. **C3**: how "
+         "the head's entropy varies over all images, the selected image in red. Right: the "
+         "mean attention distance per layer (local to global).",
+    "D": "**D1**: every (image, head) pattern on a 2-D map (grey density) and one dot per head "
+         "(colour = layer); click or box-select heads, toggle patch / CLS patterns in the "
+         "sidebar, click a prototype to select the heads of its cluster. **D2**: the image with "
+         "the selected source token's attention; click a patch to make it the source. **D3**: "
+         "links from source tokens (top) to the targets they attend to (bottom), CLS links blue, "
+         "patch links orange, above the threshold. **D4**: the full attention matrix (click a "
+         "row to choose the source). **D5**: the values' histogram; click to set the threshold.",
+}
+
+
+def _note(key: str) -> pn.pane.Markdown:
+    return pn.pane.Markdown(f"*How to read this:* {NOTES[key]}", styles={"font-size": "12px", "color": "#555"},
+                            sizing_mode="stretch_width", margin=(0, 10))
+
+
+def _area(letter: str, title: str, *rows, **size) -> pn.Card:
+    size = size or {"sizing_mode": "stretch_width"}
+    if "min_width" in size:
+        size["sizing_mode"] = "stretch_width"
+    return pn.Card(*rows, _note(letter), title=f"{letter} · {title}", collapsible=False,
+                   css_classes=[f"area-{letter.lower()}"], name=f"area-{letter}", **size)
+
+
+def main_area(v: ExplorerViews) -> pn.Column:
+    """The four areas, laid out like paper-system-overview.png: A beside B, then C, then D."""
+    plots = v.plots
+    view = lambda name: pn.Column(v.titles[name].pane,  # noqa: E731  (a view: its title above its figure)
+                                  pn.pane.HoloViews(plots[name], linked_axes=False))
+    a = _area("A", "Image overview", view("A"), width=490)
+    b = _area("B", "Head importance",
+              pn.Row(view("B1"), view("B1 heat map")),
+              pn.Row(view("B2"), v.b3, view("curve")), min_width=980)
+    c = _area("C", "Attention strength", pn.Row(view("C1"), view("C2"), view("C3"), view("distance")))
+    d = _area("D", "Attention patterns",
+              pn.Row(pn.Column(view("D1"), view("D1 prototypes")),
+                     pn.Column(pn.Row(view("D2"), view("D4"), view("D5")), view("D3"))))
+    return pn.Column(pn.Row(a, b, sizing_mode="stretch_width"), c, d, sizing_mode="stretch_width")
+
+
+def controls(data: RunData, state: ExplorerState) -> pn.Column:
+    """Sidebar widgets bound to the state: image, head, metric, scope, mode, threshold, space."""
+    s = state
+    image_id = pn.widgets.TextInput(label="image id", placeholder="e.g. " + data.ids[0])
+    image_index = pn.widgets.IntInput.from_param(s.param.image, label="image index")
+    found = pn.pane.Markdown("", margin=(0, 10), styles={"font-size": "12px"})
+
+    def search(event):
+        index = data.find_image(event.new)
+        if index is None:
+            found.object = f"no image with id `{event.new}`"
+        else:
+            found.object = ""
+            s.select_image(index)
+    image_id.param.watch(search, "value")
+    thumb = pn.pane.HTML(pn.bind(lambda i: f'<img src="{data.thumbnail_png(i)}" width="96" height="96" '
+                                           f'style="image-rendering:pixelated;border:1px solid #ccc"/>'
+                                           f'<div style="font-size:12px">{data.image_name(i)}</div>',
+                                 s.param.image), height=130)
+
+    head_names = {data.head_name(h): h for h in range(data.num_heads_total)}
+    head_select = pn.widgets.Select(label="head", options=head_names, value=s.head)
+    head_select.param.watch(lambda e: s.select_head(e.new) if e.new != s.head else None, "value")
+    s.param.watch(lambda e: setattr(head_select, "value", e.new), "head")
+    selected = pn.pane.Markdown(pn.bind(lambda heads: f"{len(heads)} head(s) selected: " + ", ".join(
+        f"L{h // data.num_heads}H{h % data.num_heads}" for h in heads[:24]) + (" ..." if len(heads) > 24 else ""),
+        s.param.heads), styles={"font-size": "12px"}, margin=(0, 10))
+
+    metric = pn.widgets.Select.from_param(s.param.metric, label="metric (B1, B2)")
+    metric_help = pn.pane.Markdown(pn.bind(lambda m: f"*{METRICS[m]}*", s.param.metric),
+                                   styles={"font-size": "12px"}, margin=(0, 10))
+    scope = pn.widgets.RadioButtonGroup.from_param(s.param.scope, label="scope", options=list(SCOPES))
+    classes = {"(the image's class)": -1, **{n: i for i, n in enumerate(data.class_names)}}
+    scope_class = pn.widgets.Select(label="class of the class scope", options=classes, value=s.scope_class)
+    scope_class.link(s, value="scope_class")
+    mode = pn.widgets.Select(label="prune mode (B3)", options={MODE_LABELS[m]: m for m in PRUNE_MODES},
+                             value=s.mode)
+    mode.link(s, value="mode")
+    s.param.watch(lambda e: setattr(mode, "value", e.new), "mode")
+    threshold = pn.widgets.FloatSlider.from_param(s.param.threshold, label="link threshold (D2, D3, D5)",
+                                                  step=0.005)
+    space = pn.widgets.RadioButtonGroup.from_param(s.param.space, label="pattern space (D1)")
+    token = pn.widgets.IntInput.from_param(s.param.source_token, label="source token (0 = CLS)")
+    return pn.Column(
+        "### Image", image_id, found, image_index, thumb,
+        "### Head", head_select, selected,
+        "### Importance", metric, metric_help, "scope", scope, scope_class, mode,
+        "### Patterns", space, token, threshold, sizing_mode="stretch_width")
+
+
+def pattern_errors(data: RunData) -> str:
+    """The autoencoders' held-out reconstruction error against PCA (METHOD.md section 3)."""
+    parts = [f"{space} {p['errors'][0]:.2g} vs PCA {p['errors'][1]:.2g}"
+             for space, p in data.patterns.items() if len(p.get("errors", ())) == 2]
+    return (" Pattern autoencoder held-out MSE: " + "; ".join(parts) + ".") if parts else ""

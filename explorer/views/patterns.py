@@ -1,0 +1,224 @@
+"""D: attention patterns (D1 map and prototypes, D2 image attention, D3 links, D4 matrix, D5 histogram)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import holoviews as hv
+import numpy as np
+
+from explorer.data import RunData
+from explorer.marks import Marks
+from explorer.state import ExplorerState
+from explorer.views.glyphs import (CLS_COLOUR, HIGHLIGHT, MAX_LINKS, PATCH_COLOUR, chart_frame,
+                                   extra_heads, image_glyph, layer_colours, quads, rings)
+
+
+def pattern_density(data: RunData, state: ExplorerState) -> hv.Image:
+    """D1 background: the density of every (image, head) item on the pattern map, as one
+    aggregated image (a 2-D histogram), so the cost does not grow with the number of items."""
+    counts, bounds = data.density(state.space)
+    shown = np.where(counts > 0, np.log1p(counts), np.nan)
+    return hv.Image(shown[::-1], bounds=bounds, kdims=["x", "y"], vdims=["log(1 + items)"]).opts(
+        cmap="Greys", alpha=0.8, clipping_colors={"NaN": (0, 0, 0, 0)})
+
+
+def pattern_heads(data: RunData, state: ExplorerState) -> hv.Points:
+    """D1: one dot per head (the mean of its items), coloured by layer, in flat-head order."""
+    xy = data.patterns[state.space]["head_xy"]
+    layer, head = np.divmod(np.arange(len(xy)), data.num_heads)
+    colours = layer_colours(data.depth)
+    return hv.Points({"x": xy[:, 0], "y": xy[:, 1], "layer": layer, "head": head,
+                      "colour": [colours[l] for l in layer]}, ["x", "y"], ["layer", "head", "colour"]).opts(
+        color="colour", size=10, line_color="white", tools=["hover", "tap", "box_select"],
+        nonselection_alpha=1.0, selection_alpha=1.0, active_tools=["tap", "box_select"])
+
+
+def pattern_highlight(data: RunData, state: ExplorerState) -> Marks:
+    """D1: rings on the selected heads' dots; the title names the pattern space and the
+    primary head."""
+    xy = data.patterns[state.space]["head_xy"]
+    heads = [state.head, *extra_heads(state, None)]
+    return rings(xy[heads, 0], xy[heads, 1],
+                 f"D1 · {state.space} patterns · {data.head_label(state.head)}", big=19)
+
+
+def prototype_strip(data: RunData, state: ExplorerState) -> hv.Overlay:
+    """D1: the cluster prototypes (decoded k-means centroids) side by side, each scaled to its
+    own range; the label is the cluster and its size. Click one to select its heads."""
+    protos = data.prototypes(state.space)
+    k, h, w = protos.shape
+    gap = 1
+    mosaic = np.full((h, k * (w + gap)), np.nan)
+    for i, p in enumerate(protos):
+        lo, hi = np.nanmin(p), np.nanmax(p)
+        mosaic[:, i * (w + gap): i * (w + gap) + w] = (p - lo) / (hi - lo or 1.0)
+    image = hv.Image(mosaic, bounds=(0, 0, k * (w + gap), h)).opts(
+        cmap="Oranges" if state.space == "patch" else "Blues", clipping_colors={"NaN": "white"},
+        tools=["tap"])
+    sizes = data.cluster_sizes(state.space)
+    labels = hv.Labels([((i + 0.5) * (w + gap), h * 1.12, f"{i} ({sizes[i]})") for i in range(k)],
+                       ["x", "y"], "text").opts(text_font_size="8pt")
+    return (image * labels).opts(hv.opts.Overlay(
+        title="D1 · cluster prototypes (click: select their heads)", width=450,
+        height=max(90, int(450 / (k * (w + gap)) * h * 1.3) + 40), xaxis=None, yaxis=None,
+        ylim=(0, h * 1.3), toolbar=None))
+
+
+def _head_attention(data: RunData, state: ExplorerState):
+    """The primary head's attention `[T, T]` on the selected image and where it came from
+    (None and a reason when it cannot be computed)."""
+    from explorer.live import LiveUnavailable
+
+    try:
+        attention, source = data.attention(state.image)
+    except LiveUnavailable as err:
+        return None, f"attention not available: {err}"
+    return np.asarray(attention[state.layer, state.head_in_layer], np.float64), source
+
+
+def image_attention_frame(data: RunData) -> hv.Curve:
+    """D2's axes (the patch grid); `image_picture`, `image_attention` and
+    `image_attention_outlines` draw it. Click a patch to make it the source."""
+    rows, cols = data.grid
+    return chart_frame("col", "row", width=310, height=310, xaxis=None, yaxis=None,
+                       xlim=(0, cols), ylim=(0, rows), tools=["tap"])
+
+
+def image_picture(data: RunData, state: ExplorerState) -> Marks:
+    """D2: the selected image (its thumbnail, `marks.RGBA`) over the patch grid."""
+    rows, cols = data.grid
+    thumb = np.asarray(data.thumbnails[state.image], np.uint8)
+    rgb = np.repeat(thumb, 3, axis=-1) if thumb.shape[-1] == 1 else thumb[..., :3]
+    rgba = np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)])
+    packed = np.ascontiguousarray(rgba[::-1]).view(np.uint32)[..., 0]
+    return Marks({"image": [packed], "x": [0.0], "y": [0.0], "dw": [float(cols)], "dh": [float(rows)]})
+
+
+def image_attention(data: RunData, state: ExplorerState) -> Marks:
+    """D2: the selected source token's attention over the patches (`marks.IMAGE`, orange for a
+    patch source, blue for CLS)."""
+    rows, cols = data.grid
+    weights, _ = _source_weights(data, state)
+    is_cls = state.source_token < data.num_prefix
+    return image_glyph(weights, 0, 0, cols, rows, "Blues" if is_cls else "Oranges", colour_title="attention")
+
+
+def _source_weights(data: RunData, state: ExplorerState) -> tuple[np.ndarray, str]:
+    """The source token's attention over the patches `[rows, cols]` (NaN when unavailable)
+    and where the attention came from (or why it is unavailable)."""
+    matrix, source = _head_attention(data, state)
+    if matrix is None:
+        return np.full(data.grid, np.nan), source
+    return matrix[state.source_token, data.num_prefix:].reshape(data.grid), source
+
+
+def image_attention_outlines(data: RunData, state: ExplorerState) -> Marks:
+    """D2: the target patches at or above the threshold outlined in blue and the source patch
+    (unless it is CLS) in black (`marks.QUADS`); the title names the source token, the head and
+    the number of targets."""
+    rows, cols = data.grid
+    weights, source = _source_weights(data, state)
+    token = state.source_token
+    targets = [divmod(int(p), cols) for p in np.flatnonzero(weights.reshape(-1) >= state.threshold)]
+    cells = targets + ([] if token < data.num_prefix else [divmod(token - data.num_prefix, cols)])
+    r = np.asarray([c[0] for c in cells], np.float64)
+    c = np.asarray([c[1] for c in cells], np.float64)
+    note = {"store": "", "computed live": " (live)"}.get(source, " (attention not available)")
+    return quads(c, rows - r - 1, c + 1, rows - r,
+                 ring=[CLS_COLOUR] * len(targets) + ["black"] * (len(cells) - len(targets)),
+                 width=[1.5] * len(targets) + [3.0] * (len(cells) - len(targets)),
+                 title=f"D2 · {data.token_name(token)} · {data.head_label(state.head)} · "
+                f"{len(targets)} targets{note}")
+
+
+def attention_links_frame(data: RunData) -> hv.Segments:
+    """D3's axes (tokens left to right, sources on top, targets at the bottom); the links are
+    drawn by `attention_links`."""
+    T = data.num_tokens
+    return hv.Segments(([], [], [], []), ["source", "y0", "target", "y1"]).opts(
+        width=960, height=280, xlim=(-0.5, T - 0.5), ylim=(-0.08, 1.08), yaxis=None,
+        xlabel="token (0 = CLS)", toolbar=None)
+
+
+def attention_links(data: RunData, state: ExplorerState) -> Marks:
+    """D3: links from source tokens (queries, layer l+1, top) to target tokens (keys, layer l,
+    bottom) of the primary head whose weight is at or above the threshold (`marks.SEGMENTS`);
+    CLS links (either end CLS) blue, patch links orange, the selected source token's links
+    black. At most `MAX_LINKS` (the strongest) are drawn."""
+    matrix, source = _head_attention(data, state)
+    if matrix is None:
+        q = k = np.zeros(0, int)
+        w = np.zeros(0)
+    else:
+        q, k = np.nonzero(matrix >= state.threshold)
+        w = matrix[q, k]
+    total = len(w)
+    if total > MAX_LINKS:
+        keep = np.argpartition(-w, MAX_LINKS)[:MAX_LINKS]
+        q, k, w = q[keep], k[keep], w[keep]
+    # One glyph layer, drawn patch links first, then CLS links, then the source token's links.
+    kind = np.where(q == state.source_token, 2, np.where((q < data.num_prefix) | (k < data.num_prefix), 1, 0))
+    order = np.argsort(kind, kind="stable")
+    q, k, w, kind = q[order], k[order], w[order], kind[order]
+    shown = f"{len(w)} of {total}" if total > len(w) else f"{total}"
+    return Marks({"x0": q.astype(np.float64), "y0": np.ones(len(q)), "x1": k.astype(np.float64),
+                  "y1": np.zeros(len(q)), "weight": w,
+                  "colour": np.asarray([PATCH_COLOUR, CLS_COLOUR, "black"], dtype=object)[kind],
+                  "alpha": np.asarray([0.35, 0.6, 0.9])[kind], "width": np.asarray([1.0, 1.0, 2.0])[kind]},
+                 f"D3 · {shown} links ≥ {state.threshold:.3g} · {data.head_label(state.head)} "
+                 f"(top: source l+1, bottom: target l)")
+
+
+def attention_matrix_frame(data: RunData) -> hv.Curve:
+    """D4's axes (source rows top to bottom); `attention_matrix` and `attention_matrix_row`
+    draw it. Click a row to choose the source token."""
+    T = data.num_tokens
+    return chart_frame("target", "source", width=340, height=310, invert_yaxis=True,
+                       xlim=(-0.5, T - 0.5), ylim=(-0.5, T - 0.5), tools=["tap"])
+
+
+def attention_matrix(data: RunData, state: ExplorerState) -> Marks:
+    """D4: the primary head's token x token attention on the selected image (`marks.IMAGE`,
+    rows: source / query tokens, top to bottom; columns: target / key tokens)."""
+    matrix, source = _head_attention(data, state)
+    T = data.num_tokens
+    if matrix is None:
+        matrix = np.full((T, T), np.nan)
+    # Row 0 (the CLS query) on top: the frame's y axis is inverted.
+    return image_glyph(matrix[::-1], -0.5, -0.5, T, T, "Oranges", colour_title="attention",
+                       title=f"D4 · attention · {data.head_label(state.head)} · {data.image_label(state.image)}")
+
+
+def attention_matrix_row(data: RunData, state: ExplorerState) -> Marks:
+    """D4: a band on the source token's row (`marks.QUADS`)."""
+    t = float(state.source_token)
+    return quads([-0.5], t - 0.5, data.num_tokens - 0.5, t + 0.5, fill=CLS_COLOUR, alpha=0.25, width=0.0)
+
+
+def attention_histogram_frame(data: RunData) -> hv.Curve:
+    """D5's axes (log counts); `attention_histogram` and `attention_threshold` draw it."""
+    return chart_frame("attention", "count", logy=True, width=300, height=240, xlim=(0, 1), ylim=(0.5, 10))
+
+
+def attention_histogram(data: RunData, state: ExplorerState) -> Marks:
+    """D5: the histogram of the primary head's attention values on the selected image, log
+    counts (`marks.QUADS`); click to move the threshold."""
+    matrix, _ = _head_attention(data, state)
+    values = np.zeros(0) if matrix is None else matrix.reshape(-1)
+    edges = np.linspace(0.0, 1.0, 51)
+    counts = np.histogram(values, edges)[0]
+    marks = quads(edges[:-1], 0.5, edges[1:], np.maximum(counts, 0.5), fill=PATCH_COLOUR, alpha=1.0, width=0.0,
+                  attention=(edges[:-1] + edges[1:]) / 2, count=counts)
+    return replace(marks, y_range=(0.5, max(2.0 * float(counts.max(initial=1)), 10.0)))
+
+
+def attention_threshold(data: RunData, state: ExplorerState) -> Marks:
+    """D5: the threshold as a vertical line (`marks.SEGMENTS`); the title counts the values at
+    or above it."""
+    matrix, _ = _head_attention(data, state)
+    above = 0 if matrix is None else int((matrix >= state.threshold).sum())
+    t = float(state.threshold)
+    return Marks({"x0": [t], "y0": [0.5], "x1": [t], "y1": [1e12], "colour": np.asarray([HIGHLIGHT], dtype=object),
+                  "alpha": [1.0], "width": [2.0]},
+                 f"D5 · {above} values ≥ {state.threshold:.3g} · {data.head_label(state.head)}")
