@@ -276,6 +276,7 @@ def test_a_sweep_reads_each_file_once_per_use(tmp_path, monkeypatch):
     """The up-front check, the chunk (preprocessed input and thumbnail from one read) and, for
     the held-out images only, the curve stage: no file is decoded more often."""
     import vit_jax_va.data as data
+    import vit_jax_va.data.dataset as dataset_module  # where ImageDataset reads its files
 
     reads: dict[str, int] = {}
     real_read_image = data.read_image
@@ -284,7 +285,7 @@ def test_a_sweep_reads_each_file_once_per_use(tmp_path, monkeypatch):
         reads[str(path)] = reads.get(str(path), 0) + 1
         return real_read_image(path, **kwargs)
 
-    monkeypatch.setattr(data, "read_image", counted)
+    monkeypatch.setattr(dataset_module, "read_image", counted)
     dataset = usable_images(data.load_image_folder(_png_folder(tmp_path / "pngs")), log=lambda _: None)
     Sweep(random_vit(CONFIG, seed=0), dataset, tmp_path / "run",
           options=SweepOptions(**{**SMALL, "curve_images": 4}), progress=False, log=lambda _: None).run()
