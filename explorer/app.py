@@ -3,7 +3,7 @@ D patterns), a sidebar with the selection controls, and the links between the vi
 
 `build_app()` is called once per browser session (by `panel serve explorer` or `vit-va
 explore`): it creates that session's `ExplorerState`, its streams and its views, so sessions
-never share a selection. The run's arrays are opened once per process (`explorer.data.load_run`)
+never share a selection. The run's arrays are opened once per process (`load_run`)
 and shared read-only.
 
 Where the runs are: `--runs DIR` / `--run NAME` after `panel serve explorer --args`, or the
@@ -28,7 +28,7 @@ import holoviews as hv
 import panel as pn
 
 from explorer import views
-from explorer.data import RunData, load_run
+from explorer.data import RunData
 from explorer.layout import controls, main_area, pattern_errors
 from explorer.state import ExplorerState
 from explorer.sweeping import SweepJob, demo_sweep
@@ -51,6 +51,19 @@ def settings(argv: list[str] | None = None) -> tuple[Path, str, int | None]:
                         help="sweep only the first N demo images for a missing demo run")
     args, _ = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     return Path(args.runs).absolute(), args.run, args.demo_images
+
+
+@pn.cache(max_items=8)
+def _open_run(path: str, manifest_mtime: float) -> RunData:
+    return RunData(path)
+
+
+def load_run(path: str | Path) -> RunData:
+    """The `RunData` of a run directory, shared by every session of the process: opened once
+    per manifest version (a run that grows or is replaced is opened anew), and at most 8 runs
+    are held (least recently used first out)."""
+    path = Path(path).absolute()
+    return _open_run(str(path), (path / store.MANIFEST).stat().st_mtime)
 
 
 def run_names(runs_dir: Path) -> list[str]:

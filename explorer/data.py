@@ -7,8 +7,8 @@ beyond averaging the stored per-image values over a scope (an image, a class, th
 number is read from the store, or (for the one selected image, when the store does not hold it)
 computed live by the library functions the sweep uses (`explorer.live`).
 
-One `RunData` per run directory per process (`load_run`), shared read-only by every browser
-session; the large arrays stay memory-mapped.
+One `RunData` per run directory per process (`explorer.app.load_run`), shared read-only by every
+browser session; the large arrays stay memory-mapped.
 
 Shapes: N images, L layers, H heads, M prune modes, T tokens, K classes.
 """
@@ -350,17 +350,3 @@ class RunData:
         from explorer import live
 
         return live.attention(str(self.path), int(image)), "computed live"
-
-
-_RUNS: dict[tuple[str, float], RunData] = {}
-_RUNS_LOCK = threading.Lock()
-
-
-def load_run(path: str | Path) -> RunData:
-    """The `RunData` of a run directory, opened once per process (per manifest version)."""
-    path = Path(path).absolute()
-    key = (str(path), (path / store.MANIFEST).stat().st_mtime)
-    with _RUNS_LOCK:
-        if key not in _RUNS:
-            _RUNS[key] = RunData(path)
-        return _RUNS[key]

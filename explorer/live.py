@@ -4,17 +4,17 @@ The sweep keeps the full attention `[L, H, T, T]` of a few images only, and may 
 subset of the prune modes. For the selected image the explorer then runs the model itself,
 through the same library functions the sweep uses (`ViT.__call__` with `return_attention`,
 `vit_jax_va.importance.ablate_heads`), on the image the sweep read. Results are memoised per
-(run, image) with `pn.cache`; the model and the image source are opened once per process.
+(run, image) with `pn.cache`; the model and the image reader are opened once per process.
 
 The model is found from the run's manifest (`model.source`: "demo" or a checkpoint directory)
 and must be the model the sweep used, its config and its weights (`vit_jax_va.model_identity`),
-or live numbers would not match the stored ones. Images are re-read from the source the manifest describes; when the source is
-gone, the stored thumbnails are used if they are the model's full input size (the demo's are).
+or live numbers would not match the stored ones. Images are re-read from the data set the
+manifest describes; when it is gone, the stored thumbnails are used if they are the model's full
+input size (the demo's are).
 """
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -27,47 +27,40 @@ class LiveUnavailable(RuntimeError):
     """The model or the image of a run cannot be loaded for live computation (says why)."""
 
 
-_LOCK = threading.Lock()
-_MODELS: dict[str, object] = {}
-_SOURCES: dict[str, object] = {}
-
-
 def _manifest(run_path: str) -> dict:
     return store.read_manifest(run_path)
 
 
+# Process-wide caches (`pn.cache`, shared by every session, bounded): a model and its compiled
+# forward pass per run, the reader of a run's images, and the results per (run, image).
+
+@pn.cache(max_items=4)
 def load_model(run_path: str):
-    """The run's model (`vit_jax_va.ViT`), checked against the weights hash in the manifest."""
-    with _LOCK:
-        if run_path in _MODELS:
-            return _MODELS[run_path]
-        import vit_jax_va
+    """The run's model (`vit_jax_va.ViT`), checked against the config and weights in the manifest."""
+    import vit_jax_va
 
-        model_info = _manifest(run_path)["model"]
-        source = str(model_info.get("source", ""))
-        if source == "demo":
-            try:
-                from vit_jax_va.demo import load_demo_model
-            except ImportError as err:
-                raise LiveUnavailable(f"the demo model is not installed ({err})") from None
-            model = load_demo_model()
-        elif source and Path(source).is_dir():
-            model = vit_jax_va.load(source)
-        else:
-            raise LiveUnavailable(f"the run's model source {source!r} is neither 'demo' nor a "
-                                  "vit_jax_va checkpoint directory")
-        changes = vit_jax_va.identity_differences(model_info, model)
-        if changes:
-            raise LiveUnavailable(f"the model at {source!r} is not the run's model ({'; '.join(changes)})")
-        _MODELS[run_path] = model
-        return model
+    model_info = _manifest(run_path)["model"]
+    origin = str(model_info.get("source", ""))  # "demo" or a checkpoint directory
+    if origin == "demo":
+        try:
+            from vit_jax_va.demo import load_demo_model
+        except ImportError as err:
+            raise LiveUnavailable(f"the demo model is not installed ({err})") from None
+        model = load_demo_model()
+    elif origin and Path(origin).is_dir():
+        model = vit_jax_va.load(origin)
+    else:
+        raise LiveUnavailable(f"the run's model {origin!r} is neither 'demo' nor a "
+                              "vit_jax_va checkpoint directory")
+    changes = vit_jax_va.identity_differences(model_info, model)
+    if changes:
+        raise LiveUnavailable(f"the model at {origin!r} is not the run's model ({'; '.join(changes)})")
+    return model
 
 
-def _image_source(run_path: str):
+@pn.cache(max_items=4)
+def _image_reader(run_path: str):
     """A callable index -> raw image (PIL image or uint8 array) for the run's images."""
-    with _LOCK:
-        if run_path in _SOURCES:
-            return _SOURCES[run_path]
     data = _manifest(run_path)["data"]
     ids = store.load_npy(Path(run_path) / "images" / "ids.npy").astype(str)
     kind = data.get("source")
@@ -92,11 +85,7 @@ def _image_source(run_path: str):
             reader = lambda index: read_image(ids[index])  # noqa: E731
     except (OSError, ValueError, ImportError):
         reader = None
-    if reader is None:
-        reader = _thumbnail_reader(run_path, kind)
-    with _LOCK:
-        _SOURCES[run_path] = reader
-    return reader
+    return reader if reader is not None else _thumbnail_reader(run_path, kind)
 
 
 def _thumbnail_reader(run_path: str, kind):
@@ -117,21 +106,16 @@ def model_input(run_path: str, image: int) -> np.ndarray:
 
     model = load_model(run_path)
     try:
-        raw = _image_source(run_path)(int(image))
+        raw = _image_reader(run_path)(int(image))
     except (OSError, ValueError, KeyError) as err:
         raise LiveUnavailable(f"image {image} cannot be read: {err}") from None
     return preprocess(model.config, [raw])
 
 
-_FORWARDS: dict[str, object] = {}
-
-
+@pn.cache(max_items=4)
 def _forward(run_path: str):
     """The run's model as one jitted function images -> attention (compiled once per run and
     process; the eager NNX call dispatches op by op, which is slow for a ViT-B on CPU)."""
-    with _LOCK:
-        if run_path in _FORWARDS:
-            return _FORWARDS[run_path]
     import jax
     from flax import nnx
 
@@ -144,8 +128,7 @@ def _forward(run_path: str):
         with jax.default_matmul_precision(precision):
             return nnx.merge(graphdef, weights)(images, return_attention=True).attention
 
-    with _LOCK:
-        return _FORWARDS.setdefault(run_path, forward)
+    return forward
 
 
 @pn.cache(max_items=64)

@@ -86,6 +86,6 @@ def test_a_config_edited_over_the_same_weights_is_another_model(tmp_path):
     assert vit_jax_va.identity_differences(recorded, edited) == ["num_heads: 2 -> 4"]
     import explorer.live
 
-    explorer.live._MODELS.clear()
+    explorer.live.load_model.clear()  # the process-wide cache holds the model loaded above
     with pytest.raises(LiveUnavailable, match=r"not the run's model \(num_heads: 2 -> 4\)"):
         load_model(str(out))

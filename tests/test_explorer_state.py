@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from explorer import views
-from explorer.app import ExplorerApp, build_app
-from explorer.wiring import ExplorerViews
-from explorer.data import RunData, load_run
+from explorer.app import ExplorerApp, build_app, load_run
+from explorer.data import RunData
 from explorer.state import ExplorerState
+from explorer.wiring import ExplorerViews
 from tests.explorer_runs import demo_runs_dir
 from vit_jax_va import store
 from vit_jax_va.demo import demo_training_record

@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from explorer import views
-from explorer.app import build_app
-from explorer.data import METRICS, SCOPES, load_run
+from explorer.app import build_app, load_run
+from explorer.data import METRICS, SCOPES
 from explorer.state import ExplorerState
 from tests.explorer_runs import demo_runs_dir, timm_runs_dir
 from vit_jax_va import store

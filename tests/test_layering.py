@@ -126,3 +126,12 @@ def test_every_core_module_imports_alone_in_a_fresh_interpreter():
     with ThreadPoolExecutor(4) as pool:
         failed = [(m, err) for m, code, err in pool.map(alone, modules) if code != 0]
     assert failed == []
+
+
+def test_importing_the_explorer_loads_no_plotting_backend():
+    """`hv.extension` runs when the first view is built (or the app), not at import."""
+    code = ("import explorer.app, explorer.views, holoviews as hv; print(sorted(hv.Store.renderers)); "
+            "explorer.views.glyphs.use_bokeh(); print(sorted(hv.Store.renderers))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    after_import, after_first_view = result.stdout.split("\n")[:2]
+    assert after_import == "[]" and "bokeh" in after_first_view

@@ -16,9 +16,9 @@ from test_data import write_idx
 import vit_jax_va
 from vit_jax_va import ViTConfig, preprocess
 from vit_jax_va.cli import main
-from vit_jax_va.train import (DEMO_ARCHITECTURE, TrainSettings, augment, channel_stats,
-                              demo_config, evaluate, forward_kept_patches, init_model, normalise,
-                              sample_per_class, train_vit)
+from vit_jax_va.demo.training import DEMO_ARCHITECTURE, demo_config, sample_per_class
+from vit_jax_va.train import (TrainSettings, augment, channel_stats, evaluate, forward_kept_patches,
+                              init_model, normalise, train_vit)
 
 TINY = ViTConfig(image_size=12, patch_size=2, in_channels=1, width=16, depth=2, num_heads=2,
                  num_classes=4, mean=(0.3,), std=(0.3,), interpolation="bilinear",

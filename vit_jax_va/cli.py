@@ -67,7 +67,8 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _train_demo(args: argparse.Namespace) -> int:
-    from vit_jax_va.train import TrainSettings, train_demo
+    from vit_jax_va.demo.training import train_demo
+    from vit_jax_va.train import TrainSettings
 
     settings = TrainSettings(epochs=args.epochs, batch_size=args.batch_size,
                              learning_rate=args.lr, weight_decay=args.weight_decay,

@@ -19,15 +19,27 @@ PATCH_COLOUR = "#d9711c"  # patch attention and patch links (paper: orange)
 MAX_LINKS = 4000          # links drawn in D3 (the strongest); Bokeh stays fluid below ~10k
 MAX_EXTRA_HEADS = 8       # heads besides the primary drawn in C2, C3 and B2
 
-# Every view is a Bokeh plot; options below are Bokeh options, so the backend loads with them.
-hv.extension("bokeh", logo=False)
 
-# Every view is a Bokeh plot; options below are Bokeh options, so the backend loads with them.
-hv.extension("bokeh", logo=False)
+
+@functools.cache
+def use_bokeh() -> None:
+    """Load HoloViews' Bokeh backend, once per process: every view is a Bokeh plot and sets
+    Bokeh options. Called when the first view is built (`bokeh_element`), not at import."""
+    hv.extension("bokeh", logo=False)
+
+
+def bokeh_element(fn):
+    """A view that returns a HoloViews element: the Bokeh backend is loaded before it runs."""
+    @functools.wraps(fn)
+    def view(*args, **kwargs):
+        use_bokeh()
+        return fn(*args, **kwargs)
+    return view
 
 
 def set_defaults() -> None:
     """Small titles and tools-above for every plot of the explorer (called by `explorer.app`)."""
+    use_bokeh()
     small = {"fontsize": {"title": "10pt", "labels": "9pt", "xticks": "8pt", "yticks": "8pt"}}
     for element in ("Overlay", "Curve", "Scatter", "Points", "Image", "RGB", "Rectangles",
                     "Segments", "Histogram", "Area", "Path", "Spread"):
@@ -124,6 +136,7 @@ def palette(cmap: str) -> tuple[str, ...]:
     return tuple(process_cmap(cmap, 256))
 
 
+@bokeh_element
 def chart_frame(x_label: str, y_label: str, *, logy: bool = False, **options) -> hv.Curve:
     """An empty chart (axes, labels, size) for a view drawn wholly in marks layers."""
     return hv.Curve([], x_label, y_label).opts(**{"logy": logy, "toolbar": None, **options})

@@ -9,9 +9,10 @@ from bokeh.models import HoverTool
 from explorer.data import RunData
 from explorer.marks import Marks
 from explorer.state import ExplorerState
-from explorer.views.glyphs import (class_colours, rings)
+from explorer.views.glyphs import (bokeh_element, class_colours, rings)
 
 
+@bokeh_element
 def image_points(data: RunData) -> hv.Points:
     """A: every image at its `overview_xy`, coloured by class, alpha = probability of the true
     class; the hover shows label, prediction, id and the thumbnail. Static per run."""

@@ -10,8 +10,9 @@ import numpy as np
 from explorer.data import MODE_LABELS, RunData
 from explorer.marks import Marks
 from explorer.state import ExplorerState
-from explorer.views.glyphs import (BAR, CLS_COLOUR, HIGHLIGHT, SECONDARY, chart_frame, extra_heads,
-                                   image_glyph, polylines, quads, rings, segments)
+from explorer.views.glyphs import (BAR, CLS_COLOUR, HIGHLIGHT, SECONDARY, bokeh_element,
+                                   chart_frame, extra_heads, image_glyph, polylines, quads, rings,
+                                   segments)
 from vit_jax_va.masks import PRUNE_MODES, prune_region
 
 
@@ -20,6 +21,7 @@ def _metric_title(data: RunData, state: ExplorerState) -> str:
     return f"{state.metric} · {scope}"
 
 
+@bokeh_element
 def head_importance_frame(data: RunData) -> hv.Curve:
     """B1's axes (x = layer * heads + head, one tick per layer); `head_importance_line`,
     `head_importance_values` and `head_importance_marks` draw it."""
@@ -77,6 +79,7 @@ def head_importance_cells(data: RunData, state: ExplorerState) -> Marks:
                        colour_title="accuracy" if state.metric == "correct" else state.metric)
 
 
+@bokeh_element
 def head_importance_heatmap_frame(data: RunData) -> hv.Curve:
     """The heat map's axes (layer 0 on top); `head_importance_cells` and
     `head_importance_boxes` draw it."""
@@ -113,6 +116,7 @@ def _b2_layout(data: RunData, state: ExplorerState):
     return heads, metric, table, bottom, top, span, (glyph_top - 0.3 * span, glyph_top)
 
 
+@bokeh_element
 def partial_pruning_frame(data: RunData) -> hv.Curve:
     """B2's axes; `partial_pruning_bars` and `partial_pruning_glyphs` draw it."""
     return chart_frame("mode", "value", width=320, height=260, xaxis=None,
@@ -189,6 +193,7 @@ def data_top5(data: RunData, state: ExplorerState):
         return f"**B3** · mode {state.mode} was not swept and cannot be computed live: {err}"
 
 
+@bokeh_element
 def pruning_curve(data: RunData) -> hv.Overlay:
     """The cumulative pruning curve of the run (static): accuracy as heads are pruned, most
     important first versus least important first. The legend sits under the axes, off the lines;

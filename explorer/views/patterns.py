@@ -10,10 +10,12 @@ import numpy as np
 from explorer.data import RunData
 from explorer.marks import Marks
 from explorer.state import ExplorerState
-from explorer.views.glyphs import (CLS_COLOUR, HIGHLIGHT, MAX_LINKS, PATCH_COLOUR, chart_frame,
-                                   extra_heads, image_glyph, layer_colours, quads, rings)
+from explorer.views.glyphs import (CLS_COLOUR, HIGHLIGHT, MAX_LINKS, PATCH_COLOUR, bokeh_element,
+                                   chart_frame, extra_heads, image_glyph, layer_colours, quads,
+                                   rings)
 
 
+@bokeh_element
 def pattern_density(data: RunData, state: ExplorerState) -> hv.Image:
     """D1 background: the density of every (image, head) item on the pattern map, as one
     aggregated image (a 2-D histogram), so the cost does not grow with the number of items."""
@@ -23,6 +25,7 @@ def pattern_density(data: RunData, state: ExplorerState) -> hv.Image:
         cmap="Greys", alpha=0.8, clipping_colors={"NaN": (0, 0, 0, 0)})
 
 
+@bokeh_element
 def pattern_heads(data: RunData, state: ExplorerState) -> hv.Points:
     """D1: one dot per head (the mean of its items), coloured by layer, in flat-head order."""
     xy = data.patterns[state.space]["head_xy"]
@@ -43,6 +46,7 @@ def pattern_highlight(data: RunData, state: ExplorerState) -> Marks:
                  f"D1 · {state.space} patterns · {data.head_label(state.head)}", big=19)
 
 
+@bokeh_element
 def prototype_strip(data: RunData, state: ExplorerState) -> hv.Overlay:
     """D1: the cluster prototypes (decoded k-means centroids) side by side, each scaled to its
     own range; the label is the cluster and its size. Click one to select its heads."""
@@ -77,6 +81,7 @@ def _head_attention(data: RunData, state: ExplorerState):
     return np.asarray(attention[state.layer, state.head_in_layer], np.float64), source
 
 
+@bokeh_element
 def image_attention_frame(data: RunData) -> hv.Curve:
     """D2's axes (the patch grid); `image_picture`, `image_attention` and
     `image_attention_outlines` draw it. Click a patch to make it the source."""
@@ -132,6 +137,7 @@ def image_attention_outlines(data: RunData, state: ExplorerState) -> Marks:
                 f"{len(targets)} targets{note}")
 
 
+@bokeh_element
 def attention_links_frame(data: RunData) -> hv.Segments:
     """D3's axes (tokens left to right, sources on top, targets at the bottom); the links are
     drawn by `attention_links`."""
@@ -170,6 +176,7 @@ def attention_links(data: RunData, state: ExplorerState) -> Marks:
                  f"(top: source l+1, bottom: target l)")
 
 
+@bokeh_element
 def attention_matrix_frame(data: RunData) -> hv.Curve:
     """D4's axes (source rows top to bottom); `attention_matrix` and `attention_matrix_row`
     draw it. Click a row to choose the source token."""
@@ -196,6 +203,7 @@ def attention_matrix_row(data: RunData, state: ExplorerState) -> Marks:
     return quads([-0.5], t - 0.5, data.num_tokens - 0.5, t + 0.5, fill=CLS_COLOUR, alpha=0.25, width=0.0)
 
 
+@bokeh_element
 def attention_histogram_frame(data: RunData) -> hv.Curve:
     """D5's axes (log counts); `attention_histogram` and `attention_threshold` draw it."""
     return chart_frame("attention", "count", logy=True, width=300, height=240, xlim=(0, 1), ylim=(0.5, 10))

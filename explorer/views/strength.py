@@ -11,11 +11,12 @@ import numpy as np
 from explorer.data import RunData
 from explorer.marks import Marks
 from explorer.state import ExplorerState
-from explorer.views.glyphs import (BAR, HIGHLIGHT, SECONDARY, chart_frame, extra_heads,
-                                   layer_colours, polylines, quads, rings, segments)
+from explorer.views.glyphs import (BAR, HIGHLIGHT, SECONDARY, bokeh_element, chart_frame,
+                                   extra_heads, layer_colours, polylines, quads, rings, segments)
 from vit_jax_va.strength import layer_trend
 
 
+@bokeh_element
 def entropy_points(data: RunData, state: ExplorerState) -> hv.Scatter:
     """C1: head entropy (nats) across layers, one dot per head in flat-head order (so a
     selection's indices are flat head indices); box-select or click to select heads.
@@ -61,6 +62,7 @@ def entropy_highlight(data: RunData, state: ExplorerState) -> Marks:
                  f"{data.scope_label(state.scope, state.image, state.scope_class)}")
 
 
+@bokeh_element
 def hop_profile_frame(data: RunData) -> hv.Curve:
     """C2's axes; `hop_profile_bars` and `hop_profile_lines` draw it."""
     rings = data.strength["profile"].shape[-1]
@@ -99,6 +101,7 @@ def _entropy_histograms(data: RunData, state: ExplorerState):
     return edges, np.stack([np.histogram(v, edges)[0] for v in values]), values
 
 
+@bokeh_element
 def entropy_distribution_frame(data: RunData) -> hv.Curve:
     """C3's axes; `entropy_distribution` and `entropy_of_image` draw it."""
     return chart_frame("entropy", "count", width=320, height=280, xticks=4, xformatter="%.3g")
@@ -126,6 +129,7 @@ def entropy_of_image(data: RunData, state: ExplorerState) -> Marks:
     return Marks({k: np.concatenate([lines[k], mark[k]]) for k in mark})
 
 
+@bokeh_element
 def distance_trend(data: RunData) -> hv.Overlay:
     """Mean attention distance (pixels) per head, averaged over all images, and its layer
     trend (`vit_jax_va.layer_trend`: mean and +-1 std over the heads of a layer). Static per

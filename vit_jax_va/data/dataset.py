@@ -196,6 +196,11 @@ class ImageDataset:
         return read_image(self.images[index], max_pixels=self.max_pixels,
                           background=self.background)
 
+    def left_out(self, err: ImageFileError) -> None:
+        """Record a file that a loader found but did not take into the data set (e.g. an image
+        outside every class folder): it is listed in `skipped` with `err`'s reason."""
+        self._record(None, err, warn=False)
+
     def _record(self, index: int | None, err: ImageFileError, *, warn: bool) -> None:
         """Record image `index` (None: a file outside the data set) as skipped."""
         if index is not None:

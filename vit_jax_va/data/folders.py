@@ -48,7 +48,7 @@ def load_image_folder(root: str | os.PathLike, *, max_pixels: int = MAX_PIXELS,
                            ids=[p.relative_to(root).as_posix() for p in paths],
                            description=description, max_pixels=max_pixels, background=background)
     for path in loose:
-        dataset._record(None, ImageFileError(path, "not inside a class folder"), warn=False)
+        dataset.left_out(ImageFileError(path, "not inside a class folder"))
     return dataset
 
 

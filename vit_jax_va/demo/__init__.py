@@ -13,7 +13,7 @@ data package:
     LICENSE-fashion-mnist.txt   the data set's MIT licence (c) 2017 Zalando SE, and attribution
 
 Test accuracy 88.14% on the 10,000 test images (90.2% on the shipped 1,000). Made in seven
-stages (see `vit_jax_va.train.train_demo`; `training.json` records each stage,
+stages (see `vit_jax_va.demo.training.train_demo`; `training.json` records each stage,
 the earlier ones nested under `initialised_from`):
 
     vit-va train-demo vit_jax_va/demo --overwrite        # 7 epochs: 85.1% test, 108 min
