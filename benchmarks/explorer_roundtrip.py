@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             size.append(patch_bytes())
             times.append(time.perf_counter() - start)
             # The views re-render inside the change; if they did not, the timing is meaningless.
-            assert data.head_name(state.head) in c2_title() and data.ids[state.image] in c2_title(), \
+            assert data.head_label(state.head) in c2_title() and data.image_label(state.image) in c2_title(), \
                 "C2 did not re-render synchronously"
         results[kind] = _ms(times)
         sizes[kind] = float(np.median(size))
