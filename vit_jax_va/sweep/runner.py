@@ -268,9 +268,9 @@ class Sweep:
 
         with self._bar(4, "collect") as bar:
             importance = self.path / "importance"
+            axes = HeadAblation.image_axes()
             for key in stages.ABLATION_FIELDS:
-                axis = HeadAblation.image_axes()[key]
-                store.concatenate_to_npy(importance, key, parts(key), axis=axis, total=n)
+                store.concatenate_to_npy(importance, key, parts(key), axis=axes[key], total=n)
             store.concatenate_to_npy(importance, "taylor", parts("taylor"), axis=2, total=n)
             store.write_arrays(importance, modes=np.asarray(self.options.modes))
             bar.update(1)

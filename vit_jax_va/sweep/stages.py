@@ -22,7 +22,8 @@ import numpy as np
 from flax import nnx
 
 from vit_jax_va import batching
-from vit_jax_va.importance import HeadAblation, probability_drop
+from vit_jax_va.head_scores import taylor_importance
+from vit_jax_va.importance import HeadAblation, ablate_heads, probability_drop
 from vit_jax_va.model import ViT
 from vit_jax_va.sweep.options import SweepOptions
 
@@ -63,9 +64,6 @@ def analyse_chunk(model: ViT, images: np.ndarray, labels: np.ndarray | None, pos
       strength statistics, and for the sampled images `patch_items`, `cls_items`,
       `item_image`; {position: attention `[L, H, T, T]`} of the kept images).
     """
-    from vit_jax_va.head_scores import taylor_importance
-    from vit_jax_va.importance import ablate_heads
-
     ablation = ablate_heads(model, images, labels, modes=options.modes,
                             batch_size=options.batch_size, mesh=mesh)
     chunk = {k: getattr(ablation, k) for k in ABLATION_FIELDS}
