@@ -148,8 +148,33 @@ def _sweep(args: argparse.Namespace) -> int:
     inputs = sweep_inputs(model=args.model, data=args.data, out=args.out, runs_dir=args.runs_dir,
                           images=args.images, model_name=args.model_name,
                           options=sweep_options(args), retire_stale_demo=not args.distributed)
-    Sweep(inputs.model, inputs.dataset, inputs.out, options=inputs.options,
-          model_source=inputs.model_source, progress=not args.no_progress).run()
+    # Ctrl-C raises KeyboardInterrupt wherever Python is, and Python drops an exception raised
+    # inside a gc callback (jax registers one): the sweep then ran on to the end. So the signal
+    # is also recorded, and the sweep stops at its next progress step (after a finished chunk).
+    import signal
+
+    from vit_jax_va.sweep.progress import terminal_progress
+
+    interrupted: list[int] = []
+
+    def on_interrupt(signum, frame):
+        interrupted.append(signum)
+        raise KeyboardInterrupt
+
+    bar = None if args.no_progress else terminal_progress()
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if interrupted:
+            raise KeyboardInterrupt
+        if bar is not None:
+            bar(stage, done, total)
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        Sweep(inputs.model, inputs.dataset, inputs.out, options=inputs.options,
+              model_source=inputs.model_source, progress=progress).run()
+    finally:
+        signal.signal(signal.SIGINT, previous)
     return 0
 
 
