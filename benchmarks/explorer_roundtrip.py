@@ -4,8 +4,8 @@ Builds one session of the app in-process for a run (default: the demo run), rend
 page into Bokeh models in a Bokeh document (as `panel serve` does for a new browser tab), then
 changes the selection on the session's state and times until every dependent view has
 re-rendered and the document patch the server would send to the browser is serialised (without
-a server event loop the HoloViews streams and the marks layers redraw synchronously; the script
-checks that the titles did change). Prints median and p95 per kind of selection, the patch
+a server event loop the marks layers redraw synchronously; the script checks that the titles
+did change). Prints median and p95 per kind of selection, the patch
 size, and their ratio to two baselines measured in the same process: the first render of the
 page, and re-reading the run from disk.
 

@@ -307,20 +307,34 @@ class RunData:
 
     # D: patterns --------------------------------------------------------------------------
 
-    def density(self, space: str, bins: int = 96) -> tuple[np.ndarray, tuple[float, float, float, float]]:
-        """D1: item density on the pattern map, `[bins, bins]` counts (rows: y, bottom first)
-        and the bounds (left, bottom, right, top). Computed once per space and run."""
+    def density(self, space: str, bins: tuple[int, int] = (96, 96),
+                shown: tuple[float, float, float, float] | None = None
+                ) -> tuple[np.ndarray, tuple[float, float, float, float]]:
+        """D1: the number of (image, head) items of `space` in each bin of a `bins = (columns,
+        rows)` grid over the part of the pattern map `shown` (left, right, bottom, top; None:
+        all items with a 5% margin): counts `[rows, columns]` (row 0 at the bottom) and the
+        grid's bounds (left, bottom, right, top). Aggregated by datashader, whose cost grows
+        with the items, not the bins; an item on the right or top edge falls in the last bin."""
+        import datashader
+        import pandas as pd
+
         with self._lock:
             if space not in self._density:
-                xy = self.patterns[space]["xy"]
-                x0, y0 = np.nanmin(xy, axis=0)
-                x1, y1 = np.nanmax(xy, axis=0)
+                xy = np.asarray(self.patterns[space]["xy"], np.float64)
+                xy = xy[np.isfinite(xy).all(axis=1)]
+                x0, y0 = xy.min(axis=0) if len(xy) else (0.0, 0.0)
+                x1, y1 = xy.max(axis=0) if len(xy) else (1.0, 1.0)
                 pad_x, pad_y = 0.05 * (x1 - x0 or 1), 0.05 * (y1 - y0 or 1)
-                bounds = (x0 - pad_x, y0 - pad_y, x1 + pad_x, y1 + pad_y)
-                counts, _, _ = np.histogram2d(xy[:, 0], xy[:, 1], bins=bins,
-                                              range=[[bounds[0], bounds[2]], [bounds[1], bounds[3]]])
-                self._density[space] = (counts.T, bounds)
-            return self._density[space]
+                items = pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1]})
+                self._density[space] = (items, (x0 - pad_x, x1 + pad_x, y0 - pad_y, y1 + pad_y))
+            items, extent = self._density[space]
+        x0, x1, y0, y1 = (float(v) for v in (shown or extent))
+        if not (x1 > x0 and y1 > y0):
+            raise ValueError(f"D1 density: an empty part of the map: x {x0}..{x1}, y {y0}..{y1}")
+        canvas = datashader.Canvas(plot_width=int(bins[0]), plot_height=int(bins[1]),
+                                   x_range=(x0, x1), y_range=(y0, y1))
+        counts = canvas.points(items, "x", "y", agg=datashader.count()).values
+        return counts.astype(np.float64), (x0, y0, x1, y1)
 
     def prototypes(self, space: str) -> np.ndarray:
         """Cluster prototypes as 2-D pictures `[clusters, h, w]` (CLS space: the CLS row map)."""

@@ -51,9 +51,12 @@ def _area(letter: str, title: str, *rows, **size) -> pn.Card:
 
 def main_area(v: ExplorerViews) -> pn.Column:
     """The four areas, laid out like paper-system-overview.png: A beside B, then C, then D."""
-    plots = v.plots
-    view = lambda name: pn.Column(v.titles[name].pane,  # noqa: E731  (a view: its title above its figure)
-                                  pn.pane.HoloViews(plots[name], linked_axes=False))
+    def view(name: str) -> pn.Column:
+        """A view: its title above its figure."""
+        figure = (pn.pane.Bokeh(v.figures[name]) if name in v.figures
+                  else pn.pane.HoloViews(v.plots[name], linked_axes=False))
+        return pn.Column(v.titles[name].pane, figure)
+
     a = _area("A", "Image overview", view("A"), width=490)
     b = _area("B", "Head importance",
               pn.Row(view("B1"), view("B1 heat map")),

@@ -1,20 +1,13 @@
-"""Selection marks drawn straight into Bokeh: the rings and outlines that show which heads and
-which image are selected, and the title that names them.
-
-A head click changes nothing in B1, the heat map, C1, D1 or the distance trend but these marks.
-Re-rendering such a view through HoloViews re-processes its whole overlay (ranges, styles, every
-layer) and costs tens of milliseconds per view; rewriting a marks layer's data source costs well
-under one. So a marks layer is a Bokeh glyph renderer of its own: a HoloViews hook adds it to the
-view's figure when HoloViews draws the figure (and puts it back if HoloViews rebuilds it), and a
-param watcher on the session's `ExplorerState` rewrites its columns and the figure's title when
-the selection changes (for a served page, on the server's next tick, when the document may be
-changed). The HoloViews layers under it are untouched.
+"""Marks: what a view draws, as the columns of Bokeh glyphs, and the layers that keep them
+drawn on the view's plain Bokeh figure (`explorer.figures`) as the selection changes.
 
 A view function for marks returns a `Marks` (columns, title, and what else of the figure it
-sets); `RINGS`, `DOTS`, `QUADS`, `SEGMENTS`, `IMAGE` and `RGBA` are the glyphs the explorer draws them
-with. Views that change with every selection and are simple to draw (D3's links, the bars and
-histograms of B1, B2, C2, C3, D5, the images of the heat map, D2 and D4) are drawn wholly in marks
-layers over an empty HoloViews frame that holds their axes and click streams.
+sets); `RINGS`, `DOTS`, `QUADS`, `SEGMENTS`, `BANDS`, `IMAGE` and `RGBA` are the glyphs the
+explorer draws them with. A `MarksLayer` is one glyph renderer and its data source on one
+figure: a param watcher on the session's `ExplorerState` rewrites its columns and the figure's
+title when the selection changes (for a served page, on the server's next tick, when the
+document may be changed). A head click therefore costs a few column writes per view, not a
+re-render; a layer whose `params` are empty is drawn once.
 """
 
 from __future__ import annotations
@@ -44,6 +37,8 @@ SEGMENTS = ("segment", dict(x0="x0", y0="y0", x1="x1", y1="y1", line_color="colo
 # mapper; `RGBA` takes uint32 arrays of packed RGBA pixels.
 IMAGE = ("image", dict(image="image", x="x", y="y", dw="dw", dh="dh"))
 RGBA = ("image_rgba", dict(image="image", x="x", y="y", dw="dw", dh="dh"))
+# A band between two curves; columns x, low, high (the colour and alpha are the glyph's).
+BANDS = ("varea", dict(x="x", y1="low", y2="high", fill_color="lightgrey", fill_alpha=0.6))
 
 
 @dataclass(frozen=True)
@@ -74,33 +69,31 @@ class _Drawn:
 
     figure: object
     source: ColumnDataSource
+    renderer: object
     mapper: object | None = None
 
 
 @dataclass
 class MarksLayer:
     """A marks layer of one session: `fn(data, state) -> Marks` drawn with `glyph` (`RINGS`,
-    `QUADS`, `SEGMENTS`, `IMAGE`, `RGBA`) on every figure whose HoloViews plot calls `hook`,
-    redrawn when any of `params` of the state changes.
+    `DOTS`, `QUADS`, `SEGMENTS`, `BANDS`, `IMAGE`, `RGBA` or a glyph of the same form) on every
+    figure it is drawn on (`draw_on`), redrawn when any of `params` of the state changes.
 
-    `glyph` None: no glyph of its own; the columns are written into the data source of the
-    HoloViews element the hook is on (which keeps that element's selection streams working).
     `tooltips`: a hover tool for this glyph. `colours` ("linear" or "eq_hist"): an `IMAGE`
     layer's colour mapper (palette and range from each `Marks`), with a colour bar if
-    `colour_bar`, and `nan_colour` for missing values.
-
-    Use `element.opts(hooks=[layer.hook])` on the view (on the overlay for an overlay), so the
-    hook runs after HoloViews has drawn or updated the figure."""
+    `colour_bar`, and `nan_colour` for missing values. `legend`: the column whose values name
+    the glyphs in a legend right of the figure."""
 
     fn: Callable
     data: object = field(repr=False)
     state: object = field(repr=False)
     params: list[str]
-    glyph: tuple[str, dict] | None = RINGS
-    tooltips: list[tuple[str, str]] | None = None
+    glyph: tuple[str, dict] = RINGS
+    tooltips: list[tuple[str, str]] | str | None = None
     colours: str | None = None
     colour_bar: bool = False
     nan_colour: str = "rgba(0, 0, 0, 0)"
+    legend: str | None = None
     _drawn: list[_Drawn] = field(default_factory=list, init=False, repr=False)
     _scheduled: set = field(default_factory=set, init=False, repr=False)
 
@@ -108,7 +101,7 @@ class MarksLayer:
         if self.colours not in (None, "linear", "eq_hist"):
             raise ValueError(f"colours must be None, 'linear' or 'eq_hist', not {self.colours!r}")
         if self.params:
-            self.state.param.watch(self._redraw, list(self.params))
+            self.state.param.watch(self.redraw, list(self.params))
 
     @property
     def figures(self) -> list:
@@ -123,16 +116,15 @@ class MarksLayer:
         """The colour mapper of this (image) layer on `figure` (None if it has none)."""
         return next((d.mapper for d in self._drawn if d.figure is figure), None)
 
-    def hook(self, plot, element) -> None:
-        """HoloViews hook: make sure the figure has this layer, then draw the current marks
-        (HoloViews has just reset the title if it re-rendered the view)."""
-        figure = plot.state
+    def draw_on(self, figure):
+        """Add this layer's glyph to `figure`, drawn with the current marks; returns its
+        renderer (the target of the figure's tap and box-select tools, for a layer whose items
+        are picked)."""
         marks = self.fn(self.data, self.state)
-        sources = [getattr(r, "data_source", None) for r in figure.renderers]
-        if not any(d.figure is figure and d.source in sources for d in self._drawn):
-            drawn = _Drawn(figure, plot.handles["source"]) if self.glyph is None else self._add(figure, marks)
-            self._drawn = [d for d in self._drawn if d.figure is not figure] + [drawn]
+        drawn = self._add(figure, marks)
+        self._drawn.append(drawn)
         self._draw(marks, [figure])
+        return drawn.renderer
 
     def _add(self, figure, marks: Marks) -> _Drawn:
         source = ColumnDataSource(data=_columns(marks))
@@ -147,14 +139,25 @@ class MarksLayer:
                 figure.add_layout(ColorBar(color_mapper=mapper, width=10, title_text_font_size="8pt",
                                            major_label_text_font_size="8pt",
                                            formatter=PrintfTickFormatter(format="%.2g")), "right")
+        if self.legend is not None:
+            options = {**options, "legend_field": self.legend}
         renderer = getattr(figure, method)(source=source, **options)
         # A tap or box selection on the view must not fade the marks.
         renderer.nonselection_glyph = renderer.glyph
+        renderer.selection_glyph = renderer.glyph
+        if self.legend is not None:
+            legend = figure.legend[0]
+            figure.center.remove(legend)
+            legend.label_text_font_size = "8pt"
+            legend.spacing, legend.padding, legend.glyph_height = 0, 4, 14
+            figure.add_layout(legend, "right")
         if self.tooltips:
             figure.add_tools(HoverTool(renderers=[renderer], tooltips=self.tooltips))
-        return _Drawn(figure, source, mapper)
+        return _Drawn(figure, source, renderer, mapper)
 
-    def _redraw(self, *events) -> None:
+    def redraw(self, *events) -> None:
+        """Draw the marks of the state as it is now (or, for a served figure, on the server's
+        next tick)."""
         marks = None
         for drawn in self._drawn:
             document = drawn.figure.document
@@ -180,15 +183,15 @@ class MarksLayer:
             figure = drawn.figure
             if not any(figure is f for f in figures):
                 continue
-            columns = _columns(marks)
-            if self.glyph is None:  # the element's own source: keep its other columns
-                columns = {**drawn.source.data, **columns}
-            drawn.source.data = columns
+            drawn.source.data = _columns(marks)
             if marks.title is not None:
                 figure.title.text = marks.title
             for axis_range, span in ((figure.x_range, marks.x_range), (figure.y_range, marks.y_range)):
                 if span is not None:
-                    axis_range.start, axis_range.end = (float(v) for v in span)
+                    low, high = (float(v) for v in span)
+                    if getattr(axis_range, "flipped", False):
+                        low, high = high, low
+                    axis_range.start, axis_range.end = low, high
             if marks.y_label is not None:
                 for axis in figure.yaxis:
                     axis.axis_label = marks.y_label

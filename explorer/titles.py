@@ -6,7 +6,7 @@ fresh Debian machine, is about 15% wider than Helvetica or Liberation Sans, and 
 fitted on one machine were cut on another. An HTML element wraps its text in whatever font the
 browser has.
 
-So each view keeps its title where HoloViews and the marks layers (`explorer.marks`) write it,
+So each view keeps its title where the marks layers (`explorer.marks`) or HoloViews write it,
 in its figure's Bokeh `Title` model (which the tests read), but the canvas does not draw it: a
 `FigureTitle` shows the same text in an HTML element above the figure, as wide as the figure,
 and follows every change of it. A view's title is therefore always the model's `title.text`;
@@ -27,9 +27,9 @@ STYLE = ("font-weight:bold;font-size:10pt;line-height:1.3;color:#333;"
 
 
 class FigureTitle:
-    """The HTML title of one view of one session: `pane` goes above the view's HoloViews pane,
-    and `hook` into the view's HoloViews hooks (after the marks layers'), so that every figure
-    HoloViews draws for the view hides its canvas title and has its text shown in `pane`.
+    """The HTML title of one view of one session: `pane` goes above the view's figure, which
+    `follow` (a Bokeh figure) or `hook` (in a HoloViews view's hooks) hands to it, so that the
+    figure hides its canvas title and has its text shown in `pane`.
 
     The text is a Bokeh `Div` of the same document as the figure, changed right where the
     figure's title changes: under the same document lock, so both reach the browser in one
@@ -48,10 +48,13 @@ class FigureTitle:
         return self._text
 
     def hook(self, plot, element) -> None:
-        """HoloViews hook: show the figure's title here, not on its canvas, now and whenever it
-        changes (HoloViews may replace the `Title` model when it re-renders, so each new one is
-        followed)."""
-        figure = plot.state
+        """HoloViews hook (for the views that are HoloViews elements): `follow` the figure
+        HoloViews has drawn."""
+        self.follow(plot.state)
+
+    def follow(self, figure) -> None:
+        """Show `figure`'s title here, not on its canvas, now and whenever it changes (HoloViews
+        may replace the `Title` model when it re-renders, so each new one is followed)."""
         title = figure.title
         if title is None:
             return

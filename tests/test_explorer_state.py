@@ -1,5 +1,5 @@
 """The explorer's selection state and its links, without a browser: a selection made in one view
-(a stream event, as a click would send) changes the state, and the views that depend on it then
+(a Bokeh event, as a click sends it) changes the state, and the views that depend on it then
 show the store's data for the new selection."""
 
 import json
@@ -7,12 +7,14 @@ import json
 import holoviews as hv
 import numpy as np
 import pytest
+from bokeh.events import RangesUpdate, Tap
+from bokeh.models import BoxSelectTool, TapTool
 
 from explorer import views
 from explorer.app import ExplorerApp, build_app, load_run
 from explorer.data import RunData
 from explorer.state import ExplorerState
-from explorer.wiring import ExplorerViews
+from explorer.wiring import PICKED, ExplorerViews
 from tests.explorer_runs import demo_runs_dir
 from vit_jax_va import store
 from vit_jax_va.demo import demo_training_record
@@ -81,18 +83,32 @@ def test_image_selection_changes_b1_to_that_images_store_data(data, arrays):
     np.testing.assert_allclose(line(), flat[:, b], rtol=1e-6)
 
 
+def _tap(v, view, x, y):
+    """A click at data position (x, y) in a view, as the browser sends it (a Bokeh `Tap`)."""
+    figure = v.figures[view]
+    figure._trigger_event(Tap(figure, x=x, y=y))
+
+
+def _pick(v, view, indices):
+    """A tap or a box selection of items of a view (A, C1, D1), as the browser sends it: a new
+    selection of the data source that the view's tap and box-select tools act on."""
+    renderer, = {r for tool in v.figures[view].tools if isinstance(tool, (TapTool, BoxSelectTool))
+                 for r in tool.renderers}
+    renderer.data_source.selected.indices = list(indices)
+
+
 def test_clicks_in_views_select_heads_everywhere(linked, data, arrays):
     state, v = linked
     H = data.num_heads
-    v.streams["B1"].event(x=5.2, y=0.5)
+    _tap(v, "B1", 5.2, 0.5)
     assert state.head == 5 and state.heads == [5]
-    v.streams["B1 heat map"].event(x=1.1, y=2.0)  # x: head, y: layer
+    _tap(v, "B1 heat map", 1.1, 2.0)  # x: head, y: layer
     assert state.head == 2 * H + 1
-    v.streams["C1"].event(index=[3, 7, 4])
+    _pick(v, "C1", [3, 7, 4])
     assert state.heads == [3, 4, 7] and state.head == 3
-    v.streams["D1"].event(index=[4, 9])  # the primary head (4) stays primary
+    _pick(v, "D1", [4, 9])  # the primary head (4) stays primary
     assert state.heads == [4, 9] and state.head == 4
-    v.streams["D1"].event(index=[])  # an empty click keeps the selection
+    _pick(v, "D1", [])  # an empty click keeps the selection
     assert state.heads == [4, 9]
     shares = arrays["patterns/patch"]["head_shares"]
     cluster = int(np.argmax(shares[0]))  # head 0's main cluster: at least one head has it
@@ -105,53 +121,64 @@ def test_clicks_in_views_select_heads_everywhere(linked, data, arrays):
 
 def test_clicks_choose_image_mode_source_and_threshold(linked, data):
     state, v = linked
-    v.streams["A"].event(index=[7])
+    _pick(v, "A", [7])
     assert state.image == 7
-    v.streams["B2"].event(x=3.1, y=0.2)
+    _tap(v, "B2", 3.1, 0.2)
     assert state.mode == "patch"
     rows, cols = data.grid
-    v.streams["D2"].event(x=2.5, y=rows - 0.5)  # top row, third column
+    _tap(v, "D2", 2.5, rows - 0.5)  # top row, third column
     assert state.source_token == data.num_prefix + 2
-    v.streams["D4"].event(x=10.0, y=0.2)  # row 0 is the CLS query
+    _tap(v, "D4", 10.0, 0.2)  # row 0 is the CLS query
     assert state.source_token == 0
-    v.streams["D5"].event(x=0.3, y=10.0)
+    _tap(v, "D5", 0.3, 10.0)
     assert state.threshold == pytest.approx(0.3)
 
 
-def test_every_click_stream_is_attached_to_its_plot(linked):
+def test_picking_tools_act_on_the_items_alone(linked):
+    """A tap or a box in A, C1 and D1 selects the images or heads, never the rings drawn over
+    them (whose indices are not items)."""
+    _, v = linked
+    for view, layer in PICKED.items():
+        tools = [t for t in v.figures[view].tools if isinstance(t, (TapTool, BoxSelectTool))]
+        assert tools, view
+        for tool in tools:
+            assert tool.renderers == [r for r in v.figures[view].renderers
+                                      if r.data_source is v.marks[layer].source(v.figures[view])], view
+
+
+def test_the_prototype_click_stream_is_attached_to_its_plot(linked):
     """A stream HoloViews does not attach to a plot never fires in the browser."""
     _, v = linked
-    renderer = hv.renderer("bokeh")
-    for name, stream in v.streams.items():
-        plot = renderer.get_plot(v.plots[name])
-        attached = [cb for p in [plot, *(getattr(plot, "subplots", None) or {}).values()] for cb in p.callbacks
-                    if stream in cb.streams]
-        assert attached, name
+    plot = hv.renderer("bokeh").get_plot(v.plots["D1 prototypes"])
+    stream = v.streams["D1 prototypes"]
+    attached = [cb for p in [plot, *(getattr(plot, "subplots", None) or {}).values()] for cb in p.callbacks
+                if stream in cb.streams]
+    assert attached
 
 
-def test_served_plots_follow_the_state(linked, data):
-    """The bokeh plots the server holds re-render when the state changes: titles name the new
-    head and image, and C2's bars carry the new head's profile."""
+def test_served_figures_follow_the_state(linked, data):
+    """The Bokeh figures the server holds follow the state: titles name the new head and image,
+    every title is shown above its figure (not on its canvas)."""
     state, v = linked
     renderer = hv.renderer("bokeh")
-    plots = {name: renderer.get_plot(view) for name, view in v.plots.items()}
+    figures = {**v.figures, **{name: renderer.get_plot(view).state for name, view in v.plots.items()}}
 
     def shown_titles_follow():
         # Every view's title is shown above its figure (explorer.titles), not on its canvas.
-        for name, plot in plots.items():
-            assert plot.state.title.text and v.titles[name].text == plot.state.title.text, name
-            assert not plot.state.title.visible, name
-            assert v.titles[name].div.width == plot.state.width, name
+        for name, figure in figures.items():
+            assert figure.title.text and v.titles[name].text == figure.title.text, name
+            assert not figure.title.visible, name
+            assert v.titles[name].div.width == figure.width, name
 
     shown_titles_follow()
     target = data.num_heads_total - 1
-    assert data.head_label(target) not in plots["C2"].state.title.text
+    assert data.head_label(target) not in figures["C2"].title.text
     state.select_head(target)
     for name in ("C2", "D4", "B1"):
-        assert data.head_label(target) in plots[name].state.title.text, name
+        assert data.head_label(target) in figures[name].title.text, name
     state.select_image(5)
-    assert f"image {data.ids[5]}" in plots["C2"].state.title.text
-    assert data.ids[5] in plots["A"].state.title.text
+    assert f"image {data.ids[5]}" in figures["C2"].title.text
+    assert data.ids[5] in figures["A"].title.text
     shown_titles_follow()
 
 
@@ -285,14 +312,13 @@ def test_vit_va_explore_serves_a_run(runs):
 
 
 def test_axes_follow_the_data_of_the_new_selection(linked, data):
-    """Axis and colour ranges are recomputed for every selection (framewise), so a line or bar
-    whose values moved out of the first selection's range is still on screen."""
+    """Axis and colour ranges are recomputed for every selection, so a line or bar whose values
+    moved out of the first selection's range is still on screen."""
     state, v = linked
-    renderer = hv.renderer("bokeh")
-    plots = {name: renderer.get_plot(v.plots[name]) for name in ("B1", "C2", "D5", "B1 heat map")}
+    figures = v.figures
 
-    def covered(plot, values):
-        y = plot.state.y_range
+    def covered(figure, values):
+        y = figure.y_range
         return y.start <= float(np.nanmin(values)) + 1e-9 and y.end >= float(np.nanmax(values)) - 1e-9
 
     # The image whose B1 line lies furthest from the first image's, and the head whose profile
@@ -304,21 +330,20 @@ def test_axes_follow_the_data_of_the_new_selection(linked, data):
     head = int(np.argmax(peaks))
     state.select_head(int(np.argmin(peaks)))
     state.select_image(image)
-    assert covered(plots["B1"], lines[image])
+    assert covered(figures["B1"], lines[image])
     state.select_head(head)
-    assert covered(plots["C2"], data.hop_profiles(image, [head])[0])
+    assert covered(figures["C2"], data.hop_profiles(image, [head])[0])
     cells = data.head_values("probability", "image", image).values
-    mapper = v.marks["B1 heat map"].colour_mapper(plots["B1 heat map"].state)
+    mapper = v.marks["B1 heat map"].colour_mapper(figures["B1 heat map"])
     assert mapper.low <= cells.min() + 1e-9 and mapper.high >= cells.max() - 1e-9
 
 
 def test_marks_follow_the_selection_in_the_served_figures(linked, data):
     """The marks layers are drawn straight into the Bokeh figures the server holds: a selection
-    rewrites their data and the titles, and a re-render of the HoloViews view underneath (an
-    image change re-renders C1's dots) keeps them, once, with the new values."""
+    rewrites their data and the titles; an image change rewrites C1's dots in place, in the
+    source its tools pick from."""
     state, v = linked
-    renderer = hv.renderer("bokeh")
-    figures = {name: renderer.get_plot(v.plots[name]).state for name in ("B1", "B1 heat map", "C1", "D3")}
+    figures = v.figures
     H = data.num_heads
     a, b = 1, data.num_heads_total - 2
     state.select_heads([a, b])
@@ -341,10 +366,12 @@ def test_marks_follow_the_selection_in_the_served_figures(linked, data):
     assert y.start <= np.nanmin(values("kl")) and y.end >= np.nanmax(values("kl"))
 
     c1 = v.marks["C1"].source(figures["C1"])
+    dots = v.marks["C1 values"].source(figures["C1"])
     state.select_image(5)
     entropy = data.entropy_per_head("image", 5).reshape(-1)
     assert sum(getattr(r, "data_source", None) is c1 for r in figures["C1"].renderers) == 1
     np.testing.assert_allclose(c1.data["y"], entropy[[a, b]], rtol=1e-6)
+    np.testing.assert_allclose(dots.data["y"], entropy, rtol=1e-6)
     assert data.ids[5] in figures["C1"].title.text
 
     # D3's links are a marks layer: every weight at or above the threshold, up to MAX_LINKS.
@@ -354,3 +381,41 @@ def test_marks_follow_the_selection_in_the_served_figures(linked, data):
     assert len(links["x0"]) == min(views.MAX_LINKS, int((matrix >= state.threshold).sum())) > 0
     np.testing.assert_allclose(links["weight"], matrix[links["x0"].astype(int), links["x1"].astype(int)])
     assert data.head_label(a) in figures["D3"].title.text
+
+
+def test_d1_density_counts_the_items_of_the_part_shown(linked, data):
+    """D1's density is the count of (image, head) items per bin (against np.histogram2d over the
+    same bins), over the whole map at first and, after a zoom, over the part shown, at the same
+    resolution; the other pattern space keeps its own view."""
+    state, v = linked
+    figure = v.figures["D1"]
+    source = v.marks["D1 density"].source(figure)
+    xy = np.asarray(data.patterns["patch"]["xy"], np.float64)
+
+    def shown_counts():
+        image = np.asarray(source.data["image"][0])
+        x0, y0 = source.data["x"][0], source.data["y"][0]
+        x1, y1 = x0 + source.data["dw"][0], y0 + source.data["dh"][0]
+        counts = np.where(np.isfinite(image), np.expm1(np.nan_to_num(image)), 0.0)
+        rows, cols = image.shape
+        expected = np.histogram2d(xy[:, 0], xy[:, 1], bins=(cols, rows), range=[[x0, x1], [y0, y1]])[0].T
+        return counts, expected, (x0, x1, y0, y1)
+
+    counts, expected, (x0, x1, y0, y1) = shown_counts()
+    np.testing.assert_allclose(counts, expected, atol=1e-6)
+    assert counts.sum() == len(xy)  # the whole map: every item
+    assert (figure.x_range.start, figure.x_range.end) == pytest.approx((x0, x1))
+    whole = counts.shape
+    # Zoom into the middle quarter: the same number of bins, over that part alone.
+    cx, cy, wx, wy = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / 4, (y1 - y0) / 4
+    figure._trigger_event(RangesUpdate(figure, x0=cx - wx, x1=cx + wx, y0=cy - wy, y1=cy + wy))
+    counts, expected, shown = shown_counts()
+    assert shown == pytest.approx((cx - wx, cx + wx, cy - wy, cy + wy))
+    assert counts.shape == whole
+    np.testing.assert_allclose(counts, expected, atol=1e-6)
+    assert 0 < counts.sum() < len(xy)
+    state.space = "cls"
+    xy = np.asarray(data.patterns["cls"]["xy"], np.float64)
+    counts, expected, _ = shown_counts()
+    assert counts.sum() == len(xy)
+    np.testing.assert_allclose(counts, expected, atol=1e-6)

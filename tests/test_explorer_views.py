@@ -34,7 +34,7 @@ def timm_run(tmp_path_factory):
 
 def _render_everything(run_path):
     app = build_app(run_path.parent, run_path.name)
-    figures = {name: hv.render(obj) for name, obj in app.views.plots.items()}
+    figures = {**app.views.figures, **{name: hv.render(obj) for name, obj in app.views.plots.items()}}
     root = pn.panel(app.main).get_root()  # the whole page of the session, B3 and sidebar included
     pn.panel(app.sidebar).get_root()
     return app, figures, root
@@ -68,7 +68,9 @@ def test_every_view_renders(which, request):
         assert "top-5" in views.top5_markdown(data, state)
     for space in state.param.space.objects:
         state.space = space
-        hv.render(views.pattern_density(data, state) * views.pattern_heads(data, state))
+        density = views.pattern_density(data, state).columns["image"][0]
+        assert np.nansum(np.expm1(density)) == pytest.approx(len(data.patterns[space]["xy"]))
+        assert len(views.pattern_heads(data, state).columns["x"]) == data.num_heads_total
         assert space in views.pattern_highlight(data, state).title
         hv.render(views.prototype_strip(data, state))
     state.source_token = data.num_tokens - 1
@@ -190,17 +192,23 @@ def test_d_views_show_the_heads_attention(data):
 
 
 def test_d1_density_counts_every_item_once(data, raw):
-    counts, bounds = data.density("patch")
-    assert counts.sum() == len(raw["patterns/patch"]["xy"])
+    xy = raw["patterns/patch"]["xy"]
+    counts, (x0, y0, x1, y1) = data.density("patch", (30, 20))
+    assert counts.shape == (20, 30) and counts.sum() == len(xy)
+    # Against numpy's 2-D histogram over the same bins (rows: y, bottom first).
+    expected = np.histogram2d(xy[:, 0], xy[:, 1], bins=(30, 20), range=[[x0, x1], [y0, y1]])[0].T
+    np.testing.assert_array_equal(counts, expected)
+    with pytest.raises(ValueError, match="empty part of the map"):
+        data.density("patch", (30, 20), (1.0, 1.0, 0.0, 2.0))
     heads = views.pattern_heads(data, ExplorerState(data))
-    np.testing.assert_allclose(heads.dimension_values("x"), raw["patterns/patch"]["head_xy"][:, 0])
+    np.testing.assert_allclose(heads.columns["x"], raw["patterns/patch"]["head_xy"][:, 0])
 
 
 def test_c_views(data, raw):
     state = ExplorerState(data, image=4, head=2, heads=[2, 5])
     entropy = raw["strength"]["entropy"]
     dots = views.entropy_points(data, state)
-    np.testing.assert_allclose(dots.dimension_values("entropy"), entropy[4].reshape(-1), rtol=1e-6)
+    np.testing.assert_allclose(dots.columns["y"], entropy[4].reshape(-1), rtol=1e-6)
     ceiling = views.entropy_ceiling(data).columns["y0"][0]
     assert ceiling == pytest.approx(math.log(data.grid[0]))  # ln(rings) for a square grid
     c3 = views.entropy_distribution(data, state)
@@ -214,10 +222,10 @@ def test_c_views(data, raw):
 def test_image_overview_points_and_thumbnails(data, raw):
     points = views.image_points(data)
     images = raw["images"]
-    np.testing.assert_allclose(points.dimension_values("x"), images["overview_xy"][:, 0])
+    np.testing.assert_allclose(points.columns["x"], images["overview_xy"][:, 0])
     p_true = images["probs"][np.arange(len(images["labels"])), images["labels"]]
-    np.testing.assert_allclose(points.dimension_values("p_true"), p_true, rtol=1e-6)
-    uri = points.dimension_values("thumb")[3]
+    np.testing.assert_allclose(points.columns["p_true"], p_true, rtol=1e-6)
+    uri = points.columns["thumb"][3]
     assert uri.startswith("data:image/png;base64,")
     picture = np.asarray(Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))))
     np.testing.assert_array_equal(picture, images["thumbnails"][3].squeeze(-1)

@@ -1,5 +1,5 @@
-"""What every view of the explorer shares: colours, the marks that views return
-(`explorer.marks.Marks`: quads, rings, segments, polylines, images) and chart frames."""
+"""What every view of the explorer shares: colours, and builders of the marks that views
+return (`explorer.marks.Marks`: quads, rings, segments, polylines, images)."""
 
 from __future__ import annotations
 
@@ -23,8 +23,9 @@ MAX_EXTRA_HEADS = 8       # heads besides the primary drawn in C2, C3 and B2
 
 @functools.cache
 def use_bokeh() -> None:
-    """Load HoloViews' Bokeh backend, once per process: every view is a Bokeh plot and sets
-    Bokeh options. Called when the first view is built (`bokeh_element`), not at import."""
+    """Load HoloViews' Bokeh backend, once per process: the HoloViews views (the pruning curve,
+    the D1 prototypes) are Bokeh plots and set Bokeh options. Called when the first of them is
+    built (`bokeh_element`), not at import."""
     hv.extension("bokeh", logo=False)
 
 
@@ -38,9 +39,12 @@ def bokeh_element(fn):
 
 
 def set_defaults() -> None:
-    """Small titles and tools-above for every plot of the explorer (called by `explorer.app`)."""
+    """Small titles and labels for the HoloViews plots of the explorer, as `explorer.figures`
+    gives its Bokeh figures (called by `explorer.app`)."""
+    from explorer.figures import LABEL_SIZE, TICK_SIZE, TITLE_SIZE
+
     use_bokeh()
-    small = {"fontsize": {"title": "10pt", "labels": "9pt", "xticks": "8pt", "yticks": "8pt"}}
+    small = {"fontsize": {"title": TITLE_SIZE, "labels": LABEL_SIZE, "xticks": TICK_SIZE, "yticks": TICK_SIZE}}
     for element in ("Overlay", "Curve", "Scatter", "Points", "Image", "RGB", "Rectangles",
                     "Segments", "Histogram", "Area", "Path", "Spread"):
         hv.opts.defaults(getattr(hv.opts, element)(**small))
@@ -134,9 +138,3 @@ def palette(cmap: str) -> tuple[str, ...]:
     from holoviews.plotting.util import process_cmap
 
     return tuple(process_cmap(cmap, 256))
-
-
-@bokeh_element
-def chart_frame(x_label: str, y_label: str, *, logy: bool = False, **options) -> hv.Curve:
-    """An empty chart (axes, labels, size) for a view drawn wholly in marks layers."""
-    return hv.Curve([], x_label, y_label).opts(**{"logy": logy, "toolbar": None, **options})

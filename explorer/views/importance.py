@@ -10,9 +10,9 @@ import numpy as np
 from explorer.data import MODE_LABELS, RunData
 from explorer.marks import Marks
 from explorer.state import ExplorerState
+from explorer.figures import Frame
 from explorer.views.glyphs import (BAR, CLS_COLOUR, HIGHLIGHT, SECONDARY, bokeh_element,
-                                   chart_frame, extra_heads, image_glyph, polylines, quads, rings,
-                                   segments)
+                                   extra_heads, image_glyph, polylines, quads, rings, segments)
 from vit_jax_va.masks import PRUNE_MODES, prune_region
 
 
@@ -21,14 +21,14 @@ def _metric_title(data: RunData, state: ExplorerState) -> str:
     return f"{state.metric} · {scope}"
 
 
-@bokeh_element
-def head_importance_frame(data: RunData) -> hv.Curve:
+def head_importance_frame(data: RunData) -> Frame:
     """B1's axes (x = layer * heads + head, one tick per layer); `head_importance_line`,
-    `head_importance_values` and `head_importance_marks` draw it."""
+    `head_importance_values` and `head_importance_marks` draw it. Click a head to select it."""
     n = data.num_heads_total
-    return chart_frame("head (layer * heads + head)", "value", width=620, height=230, show_grid=True,
-                       toolbar="above", xlim=(-0.5, n - 0.5), tools=["tap"],
-                       xticks=[(l * data.num_heads, f"L{l}") for l in range(data.depth)])
+    return Frame("head (layer * heads + head)", "value", width=620, height=230, grid=True,
+                 x_range=(-0.5, n - 0.5), y_range=(0.0, 1.0),
+                 x_ticks=[(l * data.num_heads, f"L{l}") for l in range(data.depth)],
+                 tools=("tap", "pan", "wheel_zoom", "box_zoom", "reset"), active=("tap",), toolbar="above")
 
 
 def head_importance_line(data: RunData, state: ExplorerState) -> Marks:
@@ -79,15 +79,14 @@ def head_importance_cells(data: RunData, state: ExplorerState) -> Marks:
                        colour_title="accuracy" if state.metric == "correct" else state.metric)
 
 
-@bokeh_element
-def head_importance_heatmap_frame(data: RunData) -> hv.Curve:
+def head_importance_heatmap_frame(data: RunData) -> Frame:
     """The heat map's axes (layer 0 on top); `head_importance_cells` and
-    `head_importance_boxes` draw it."""
+    `head_importance_boxes` draw it. Click a cell to select its head."""
     H, L = data.num_heads, data.depth
-    return chart_frame("head", "layer", width=290, height=230, invert_yaxis=True,
-                       xlim=(-0.5, H - 0.5), ylim=(-0.5, L - 0.5),
-                       xticks=list(range(H)) if H <= 16 else 8, yticks=list(range(L)) if L <= 16 else 8,
-                       tools=["tap"])
+    return Frame("head", "layer", width=290, height=230, flip_y=True,
+                 x_range=(-0.5, H - 0.5), y_range=(-0.5, L - 0.5),
+                 x_ticks=list(range(H)) if H <= 16 else 8, y_ticks=list(range(L)) if L <= 16 else 8,
+                 tools=("tap",))
 
 
 def head_importance_boxes(data: RunData, state: ExplorerState) -> Marks:
@@ -116,11 +115,11 @@ def _b2_layout(data: RunData, state: ExplorerState):
     return heads, metric, table, bottom, top, span, (glyph_top - 0.3 * span, glyph_top)
 
 
-@bokeh_element
-def partial_pruning_frame(data: RunData) -> hv.Curve:
-    """B2's axes; `partial_pruning_bars` and `partial_pruning_glyphs` draw it."""
-    return chart_frame("mode", "value", width=320, height=260, xaxis=None,
-                       xlim=(-0.6, len(PRUNE_MODES) - 0.4), ylim=(-0.5, 1.0), tools=["tap"])
+def partial_pruning_frame(data: RunData) -> Frame:
+    """B2's axes; `partial_pruning_bars` and `partial_pruning_glyphs` draw it. Click a mode
+    to choose it for B3."""
+    return Frame("mode", "value", width=320, height=260, x_axis=False,
+                 x_range=(-0.6, len(PRUNE_MODES) - 0.4), y_range=(-0.5, 1.0), tools=("tap",))
 
 
 def partial_pruning_bars(data: RunData, state: ExplorerState) -> Marks:

@@ -10,31 +10,50 @@ import numpy as np
 from explorer.data import RunData
 from explorer.marks import Marks
 from explorer.state import ExplorerState
+from explorer.figures import Frame
 from explorer.views.glyphs import (CLS_COLOUR, HIGHLIGHT, MAX_LINKS, PATCH_COLOUR, bokeh_element,
-                                   chart_frame, extra_heads, image_glyph, layer_colours, quads,
-                                   rings)
+                                   extra_heads, image_glyph, layer_colours, palette, quads, rings)
 
 
-@bokeh_element
-def pattern_density(data: RunData, state: ExplorerState) -> hv.Image:
-    """D1 background: the density of every (image, head) item on the pattern map, as one
-    aggregated image (a 2-D histogram), so the cost does not grow with the number of items."""
-    counts, bounds = data.density(state.space)
-    shown = np.where(counts > 0, np.log1p(counts), np.nan)
-    return hv.Image(shown[::-1], bounds=bounds, kdims=["x", "y"], vdims=["log(1 + items)"]).opts(
-        cmap="Greys", alpha=0.8, clipping_colors={"NaN": (0, 0, 0, 0)})
+def pattern_frame(data: RunData) -> Frame:
+    """D1's figure: a map without axes; click or box-select heads, scroll to zoom (the density
+    is aggregated again for the part shown)."""
+    return Frame(width=450, height=420, axes=False,
+                 tools=("tap", "box_select", "wheel_zoom", "pan", "reset"), active=("tap", "box_select"),
+                 toolbar="above")
 
 
-@bokeh_element
-def pattern_heads(data: RunData, state: ExplorerState) -> hv.Points:
-    """D1: one dot per head (the mean of its items), coloured by layer, in flat-head order."""
-    xy = data.patterns[state.space]["head_xy"]
+# D1's heads: dots with a white rim, coloured by layer.
+HEAD_DOTS = ("scatter", dict(x="x", y="y", marker="circle", size=10, fill_color="fill", line_color="white"))
+# The density's pixel size on the screen: D1 aggregates its items into bins of about this many
+# pixels, whatever part of the map is shown.
+DENSITY_PIXELS = 5
+
+
+def pattern_density(data: RunData, state: ExplorerState, shown: tuple[float, float, float, float] | None = None,
+                    size: tuple[int, int] = (450, 420)) -> Marks:
+    """D1 background: the density of every (image, head) item on the pattern map, aggregated
+    (`RunData.density`, datashader) into bins of `DENSITY_PIXELS` screen pixels over the part
+    of the map `shown` (left, right, bottom, top; None: all of it) of a figure of `size`
+    pixels, so the cost does not grow with the number of items and a zoom sharpens it
+    (`marks.IMAGE`, log(1 + items), empty bins transparent). Sets the figure's ranges to
+    that part."""
+    bins = (max(8, size[0] // DENSITY_PIXELS), max(8, size[1] // DENSITY_PIXELS))
+    counts, (x0, y0, x1, y1) = data.density(state.space, bins, shown)
+    values = np.where(counts > 0, np.log1p(counts), np.nan)
+    finite = values[np.isfinite(values)]
+    high = float(finite.max()) if finite.size else 1.0
+    return Marks({"image": [values], "x": [x0], "y": [y0], "dw": [x1 - x0], "dh": [y1 - y0]},
+                 x_range=(x0, x1), y_range=(y0, y1), palette=palette("Greys"), colour_range=(0.0, high))
+
+
+def pattern_heads(data: RunData, state: ExplorerState) -> Marks:
+    """D1: one dot per head (the mean of its items; `HEAD_DOTS`), coloured by layer, in
+    flat-head order (so a selection's indices are flat head indices)."""
+    xy = np.asarray(data.patterns[state.space]["head_xy"], np.float64)
     layer, head = np.divmod(np.arange(len(xy)), data.num_heads)
-    colours = layer_colours(data.depth)
-    return hv.Points({"x": xy[:, 0], "y": xy[:, 1], "layer": layer, "head": head,
-                      "colour": [colours[l] for l in layer]}, ["x", "y"], ["layer", "head", "colour"]).opts(
-        color="colour", size=10, line_color="white", tools=["hover", "tap", "box_select"],
-        nonselection_alpha=1.0, selection_alpha=1.0, active_tools=["tap", "box_select"])
+    colours = np.asarray(layer_colours(data.depth), dtype=object)
+    return Marks({"x": xy[:, 0], "y": xy[:, 1], "fill": colours[layer], "layer": layer, "head": head})
 
 
 def pattern_highlight(data: RunData, state: ExplorerState) -> Marks:
@@ -81,13 +100,12 @@ def _head_attention(data: RunData, state: ExplorerState):
     return np.asarray(attention[state.layer, state.head_in_layer], np.float64), source
 
 
-@bokeh_element
-def image_attention_frame(data: RunData) -> hv.Curve:
+def image_attention_frame(data: RunData) -> Frame:
     """D2's axes (the patch grid); `image_picture`, `image_attention` and
     `image_attention_outlines` draw it. Click a patch to make it the source."""
     rows, cols = data.grid
-    return chart_frame("col", "row", width=310, height=310, xaxis=None, yaxis=None,
-                       xlim=(0, cols), ylim=(0, rows), tools=["tap"])
+    return Frame("col", "row", width=310, height=310, x_axis=False, y_axis=False,
+                 x_range=(0, cols), y_range=(0, rows), tools=("tap",))
 
 
 def image_picture(data: RunData, state: ExplorerState) -> Marks:
@@ -137,14 +155,12 @@ def image_attention_outlines(data: RunData, state: ExplorerState) -> Marks:
                 f"{len(targets)} targets{note}")
 
 
-@bokeh_element
-def attention_links_frame(data: RunData) -> hv.Segments:
+def attention_links_frame(data: RunData) -> Frame:
     """D3's axes (tokens left to right, sources on top, targets at the bottom); the links are
     drawn by `attention_links`."""
     T = data.num_tokens
-    return hv.Segments(([], [], [], []), ["source", "y0", "target", "y1"]).opts(
-        width=960, height=280, xlim=(-0.5, T - 0.5), ylim=(-0.08, 1.08), yaxis=None,
-        xlabel="token (0 = CLS)", toolbar=None)
+    return Frame("token (0 = CLS)", None, width=960, height=280, x_range=(-0.5, T - 0.5),
+                 y_range=(-0.08, 1.08), y_axis=False)
 
 
 def attention_links(data: RunData, state: ExplorerState) -> Marks:
@@ -176,13 +192,12 @@ def attention_links(data: RunData, state: ExplorerState) -> Marks:
                  f"(top: source l+1, bottom: target l)")
 
 
-@bokeh_element
-def attention_matrix_frame(data: RunData) -> hv.Curve:
+def attention_matrix_frame(data: RunData) -> Frame:
     """D4's axes (source rows top to bottom); `attention_matrix` and `attention_matrix_row`
     draw it. Click a row to choose the source token."""
     T = data.num_tokens
-    return chart_frame("target", "source", width=340, height=310, invert_yaxis=True,
-                       xlim=(-0.5, T - 0.5), ylim=(-0.5, T - 0.5), tools=["tap"])
+    return Frame("target", "source", width=340, height=310, flip_y=True,
+                 x_range=(-0.5, T - 0.5), y_range=(-0.5, T - 0.5), tools=("tap",))
 
 
 def attention_matrix(data: RunData, state: ExplorerState) -> Marks:
@@ -203,10 +218,11 @@ def attention_matrix_row(data: RunData, state: ExplorerState) -> Marks:
     return quads([-0.5], t - 0.5, data.num_tokens - 0.5, t + 0.5, fill=CLS_COLOUR, alpha=0.25, width=0.0)
 
 
-@bokeh_element
-def attention_histogram_frame(data: RunData) -> hv.Curve:
-    """D5's axes (log counts); `attention_histogram` and `attention_threshold` draw it."""
-    return chart_frame("attention", "count", logy=True, width=300, height=240, xlim=(0, 1), ylim=(0.5, 10))
+def attention_histogram_frame(data: RunData) -> Frame:
+    """D5's axes (log counts); `attention_histogram` and `attention_threshold` draw it. Click
+    to set the threshold."""
+    return Frame("attention", "count", log_y=True, width=300, height=240, x_range=(0, 1), y_range=(0.5, 10),
+                 tools=("tap",))
 
 
 def attention_histogram(data: RunData, state: ExplorerState) -> Marks:

@@ -5,41 +5,36 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
-import holoviews as hv
 import numpy as np
 
 from explorer.data import RunData
 from explorer.marks import Marks
 from explorer.state import ExplorerState
-from explorer.views.glyphs import (BAR, HIGHLIGHT, SECONDARY, bokeh_element, chart_frame,
-                                   extra_heads, layer_colours, polylines, quads, rings, segments)
+from explorer.figures import Frame
+from explorer.views.glyphs import (BAR, HIGHLIGHT, SECONDARY, extra_heads, layer_colours, polylines,
+                                   quads, rings, segments)
 from vit_jax_va.strength import layer_trend
 
 
-@bokeh_element
-def entropy_points(data: RunData, state: ExplorerState) -> hv.Scatter:
-    """C1: head entropy (nats) across layers, one dot per head in flat-head order (so a
-    selection's indices are flat head indices); box-select or click to select heads.
-    `entropy_values` redraws the dots for another image or scope."""
-    entropy = data.entropy_per_head(state.scope, state.image, state.scope_class).reshape(-1)
-    layer, head = np.divmod(np.arange(len(entropy)), data.num_heads)
-    colours = layer_colours(data.depth)
-    return hv.Scatter({"layer": layer.astype(float), "entropy": entropy, "head": head,
-                       "colour": [colours[l] for l in layer]},
-                      "layer", ["entropy", "head", "colour"]).opts(
-        color="colour", size=8, tools=["hover", "tap", "box_select"], nonselection_alpha=1.0,
-        selection_alpha=1.0, line_color=None, active_tools=["tap", "box_select"])
+def entropy_frame(data: RunData) -> Frame:
+    """C1's axes (one tick per layer); click a dot or box-select several to select heads."""
+    return Frame("layer", "entropy (nats)", width=340, height=280, x_range=(-0.5, data.depth - 0.5),
+                 x_ticks=list(range(data.depth)) if data.depth <= 24 else 12,
+                 tools=("tap", "box_select", "reset"), active=("tap", "box_select"), toolbar="right")
 
 
-def entropy_values(data: RunData, state: ExplorerState) -> Marks:
-    """C1: the dots' entropies for the selected image or scope (written into the data source of
-    `entropy_points`, so that its box and tap selections keep working) and a y range that
-    fits them and the ceiling."""
+def entropy_points(data: RunData, state: ExplorerState) -> Marks:
+    """C1: head entropy (nats) across layers for the selected image or scope, one dot per head
+    in flat-head order (`marks.DOTS`; so a selection's indices are flat head indices), coloured
+    by layer; the y range fits them and the ceiling."""
     entropy = data.entropy_per_head(state.scope, state.image, state.scope_class).reshape(-1).astype(np.float64)
+    layer, head = np.divmod(np.arange(len(entropy)), data.num_heads)
+    colours = np.asarray(layer_colours(data.depth), dtype=object)
     top = max(float(np.nanmax(entropy)), _max_entropy(data))
     low = float(np.nanmin(entropy))
     pad = 0.05 * (top - low) or 0.01
-    return Marks({"entropy": entropy}, y_range=(low - pad, top + pad))
+    return Marks({"x": layer.astype(np.float64), "y": entropy, "size": np.full(len(entropy), 8.0),
+                  "fill": colours[layer], "layer": layer, "head": head}, y_range=(low - pad, top + pad))
 
 
 def _max_entropy(data: RunData) -> float:
@@ -62,12 +57,11 @@ def entropy_highlight(data: RunData, state: ExplorerState) -> Marks:
                  f"{data.scope_label(state.scope, state.image, state.scope_class)}")
 
 
-@bokeh_element
-def hop_profile_frame(data: RunData) -> hv.Curve:
+def hop_profile_frame(data: RunData) -> Frame:
     """C2's axes; `hop_profile_bars` and `hop_profile_lines` draw it."""
     rings = data.strength["profile"].shape[-1]
-    return chart_frame("n-hop neighbours", "strength", width=340, height=280,
-                       xticks=list(range(rings)) if rings <= 16 else 10, xlim=(-0.6, rings - 0.4))
+    return Frame("n-hop neighbours", "strength", width=340, height=280, x_range=(-0.6, rings - 0.4),
+                 y_range=(0.0, 1.0), x_ticks=list(range(rings)) if rings <= 16 else 10)
 
 
 def hop_profile_bars(data: RunData, state: ExplorerState) -> Marks:
@@ -101,10 +95,10 @@ def _entropy_histograms(data: RunData, state: ExplorerState):
     return edges, np.stack([np.histogram(v, edges)[0] for v in values]), values
 
 
-@bokeh_element
-def entropy_distribution_frame(data: RunData) -> hv.Curve:
+def entropy_distribution_frame(data: RunData) -> Frame:
     """C3's axes; `entropy_distribution` and `entropy_of_image` draw it."""
-    return chart_frame("entropy", "count", width=320, height=280, xticks=4, xformatter="%.3g")
+    return Frame("entropy", "count", width=320, height=280, x_range=(0.0, 1.0), y_range=(0.0, 1.0),
+                 x_ticks=4, x_format="%.3g")
 
 
 def entropy_distribution(data: RunData, state: ExplorerState) -> Marks:
@@ -129,23 +123,33 @@ def entropy_of_image(data: RunData, state: ExplorerState) -> Marks:
     return Marks({k: np.concatenate([lines[k], mark[k]]) for k in mark})
 
 
-@bokeh_element
-def distance_trend(data: RunData) -> hv.Overlay:
-    """Mean attention distance (pixels) per head, averaged over all images, and its layer
-    trend (`vit_jax_va.layer_trend`: mean and +-1 std over the heads of a layer). Static per
-    run; `distance_marks` rings the selected heads."""
-    stat = data.strength["mean_distance"]
-    trend = layer_trend(stat)
-    per_head = data.statistic_per_head("mean_distance").reshape(-1)
-    layers = np.arange(data.depth)
-    spread = hv.Spread((layers, trend.mean, trend.std), "layer", ["distance", "std"]).opts(
-        color="lightgrey", alpha=0.6)
-    line = hv.Curve((layers, trend.mean), "layer", "distance").opts(color="grey", line_width=2)
-    dots = hv.Scatter((np.arange(len(per_head)) // data.num_heads, per_head), "layer", "distance").opts(
-        color="grey", size=4, alpha=0.6)
-    return (spread * line * dots).opts(hv.opts.Overlay(
-        title="Mean attention distance per layer", width=320, height=280,
-        ylabel="mean distance (px)", toolbar=None))
+def distance_frame(data: RunData) -> Frame:
+    """The distance trend's axes; `distance_band`, `distance_line`, `distance_points` and
+    `distance_marks` draw it."""
+    return Frame("layer", "mean distance (px)", width=320, height=280, x_range=(-0.5, data.depth - 0.5),
+                 x_ticks=list(range(data.depth)) if data.depth <= 24 else 12,
+                 title="Mean attention distance per layer")
+
+
+def distance_band(data: RunData, state: ExplorerState | None = None) -> Marks:
+    """The layer trend of the mean attention distance (pixels, averaged over all images;
+    `vit_jax_va.layer_trend`): +-1 std over the heads of each layer (`marks.BANDS`). Static."""
+    trend = layer_trend(data.strength["mean_distance"])
+    return Marks({"x": np.arange(data.depth, dtype=np.float64), "low": trend.mean - trend.std,
+                  "high": trend.mean + trend.std})
+
+
+def distance_line(data: RunData, state: ExplorerState | None = None) -> Marks:
+    """The layer trend's mean (`marks.SEGMENTS`, grey). Static."""
+    trend = layer_trend(data.strength["mean_distance"])
+    return Marks(polylines([(np.arange(data.depth, dtype=np.float64), trend.mean)], "grey"))
+
+
+def distance_points(data: RunData, state: ExplorerState | None = None) -> Marks:
+    """Every head's mean distance, averaged over all images, at its layer (`marks.DOTS`). Static."""
+    per_head = data.statistic_per_head("mean_distance").reshape(-1).astype(np.float64)
+    return Marks({"x": (np.arange(len(per_head)) // data.num_heads).astype(np.float64), "y": per_head,
+                  "size": np.full(len(per_head), 4.0), "fill": np.full(len(per_head), "grey", dtype=object)})
 
 
 def distance_marks(data: RunData, state: ExplorerState) -> Marks:
