@@ -20,15 +20,16 @@ def config_from_timm(model: Any) -> ViTConfig:
     """Read a `ViTConfig` off a timm `VisionTransformer` (or DeiT `VisionTransformerDistilled`).
 
     Every structural setting is checked against what `vit_jax_va.ViT` implements; anything else
-    (qk-norm, attention-output norm, gated attention, rotary/relative positions, other block,
-    MLP, norm or activation types, attention pooling, patch-embedding norm) raises
+    (attention-output norm, gated attention, rotary/relative positions, other block, MLP, norm
+    or activation types, attention pooling other than one latent query, patch-embedding norm)
+    raises
     `UnsupportedModelError` naming the setting. The converter reads the modules, not the
     constructor arguments, so settings that leave no trace in them (drop rates, init schemes,
     `fused_attn`) cannot change what it converts.
     """
     import timm
     import torch.nn as nn
-    from timm.layers import LayerScale, Mlp, PatchEmbed
+    from timm.layers import AttentionPoolLatent, LayerScale, Mlp, PatchEmbed
     from timm.models.vision_transformer import Attention, Block, VisionTransformer
 
     def refuse(setting: str) -> None:
@@ -42,14 +43,17 @@ def config_from_timm(model: Any) -> ViTConfig:
         refuse(f"patch embedding {type(model.patch_embed).__name__}")
     if not isinstance(model.patch_embed.norm, nn.Identity):
         refuse("a norm layer inside the patch embedding (embed_norm_layer)")
-    if getattr(model, "attn_pool", None) is not None:
-        refuse(f"attention pooling (global_pool={model.global_pool!r})")
-    if model.global_pool not in ("token", "avg", "max", "avgmax"):
+    if model.global_pool not in ("token", "avg", "max", "avgmax", "map"):
         refuse(f"global_pool={model.global_pool!r}")
+    pool = getattr(model, "attn_pool", None)
+    if pool is not None and type(pool) is not AttentionPoolLatent:
+        refuse(f"attention pooling {type(pool).__name__} (global_pool={model.global_pool!r})")
 
     blocks = list(model.blocks)
     first = blocks[0]
     eps = _layer_norm_eps(first.norm1, "blocks.0.norm1", refuse)
+    act = _activation(first.mlp.act, "blocks.0.mlp", refuse)
+    qk_norm = not isinstance(first.attn.q_norm, nn.Identity)
     for i, block in enumerate(blocks):
         where = f"blocks.{i}"
         if type(block) is not Block:
@@ -57,8 +61,13 @@ def config_from_timm(model: Any) -> ViTConfig:
         attn, mlp = block.attn, block.mlp
         if type(attn) is not Attention:
             refuse(f"{where}.attn type {type(attn).__name__}")
-        if not (isinstance(attn.q_norm, nn.Identity) and isinstance(attn.k_norm, nn.Identity)):
-            refuse(f"{where}.attn qk_norm")
+        if qk_norm:
+            for name in ("q_norm", "k_norm"):
+                norm = getattr(attn, name)
+                if _layer_norm_eps(norm, f"{where}.attn.{name}", refuse) != eps or norm.normalized_shape != (attn.head_dim,):
+                    refuse(f"{where}.attn.{name} differing from blocks.0.norm1's eps or not over the head dim")
+        elif not (isinstance(attn.q_norm, nn.Identity) and isinstance(attn.k_norm, nn.Identity)):
+            refuse(f"{where}.attn qk_norm differing from blocks.0")
         if not isinstance(attn.norm, nn.Identity):
             refuse(f"{where}.attn scale_attn_norm")
         if getattr(attn, "gate", None) is not None:
@@ -70,8 +79,8 @@ def config_from_timm(model: Any) -> ViTConfig:
             refuse(f"{where}.mlp type {type(mlp).__name__}")
         if not isinstance(mlp.norm, nn.Identity):
             refuse(f"{where}.mlp scale_mlp_norm")
-        if type(mlp.act) is not nn.GELU or mlp.act.approximate != "none":
-            refuse(f"{where}.mlp activation {mlp.act!r} (only exact GELU is)")
+        if _activation(mlp.act, f"{where}.mlp", refuse) != act:
+            refuse(f"{where}.mlp activation differing from blocks.0")
         for name in ("norm1", "norm2"):
             if _layer_norm_eps(getattr(block, name), f"{where}.{name}", refuse) != eps:
                 refuse(f"{where}.{name} eps differing from blocks.0.norm1")
@@ -92,6 +101,9 @@ def config_from_timm(model: Any) -> ViTConfig:
         module = getattr(model, name)
         if not isinstance(module, nn.Identity) and _layer_norm_eps(module, name, refuse) != eps:
             refuse(f"{name} eps differing from the blocks'")
+
+    if pool is not None:
+        _check_attention_pool(pool, first, eps, act, refuse)
 
     pre_norm = not isinstance(model.norm_pre, nn.Identity)
     if (model.patch_embed.proj.bias is None) != pre_norm:
@@ -119,6 +131,8 @@ def config_from_timm(model: Any) -> ViTConfig:
         mlp_ratio=first.mlp.fc1.out_features / model.embed_dim,
         qkv_bias=first.attn.qkv.bias is not None,
         proj_bias=first.attn.proj.bias is not None,
+        qk_norm=qk_norm,
+        act=act,
         class_token=model.cls_token is not None,
         distillation_token=distilled,
         num_register_tokens=model.num_reg_tokens,
@@ -140,6 +154,48 @@ def config_from_timm(model: Any) -> ViTConfig:
     )
 
 
+def _activation(module: Any, where: str, refuse: Any) -> str:
+    """The `ViTConfig.act` name of a timm MLP activation module."""
+    import torch.nn as nn
+    from timm.layers.activations import GELUTanh, QuickGELU
+
+    if type(module) is nn.GELU:
+        return {"none": "gelu", "tanh": "gelu_tanh"}[module.approximate]
+    if type(module) is GELUTanh:
+        return "gelu_tanh"
+    if type(module) is QuickGELU:
+        return "quick_gelu"
+    refuse(f"{where} activation {module!r} (exact GELU, tanh GELU and QuickGELU are)")
+
+
+def _check_attention_pool(pool: Any, block: Any, eps: float, act: str, refuse: Any) -> None:
+    """Refuse a timm `AttentionPoolLatent` that `vit_jax_va.model.AttentionPool` does not
+    compute: one latent query projected by `q`, the blocks' heads, width, MLP, norm and
+    activation, no position embedding or qk-norm of its own, the first latent pooled."""
+    import torch.nn as nn
+    from timm.layers import Mlp
+
+    where = "attn_pool"
+    if pool.latent_len != 1 or pool.pool != "token":
+        refuse(f"{where} with {pool.latent_len} latent queries (pool_type={pool.pool!r}; one is supported)")
+    if pool.pos_embed is not None:
+        refuse(f"{where} position embedding")
+    if not isinstance(pool.q, nn.Linear) or pool.q.in_features != pool.latent_dim:
+        refuse(f"{where} without a query projection (q_proj=False)")
+    if not (isinstance(pool.q_norm, nn.Identity) and isinstance(pool.k_norm, nn.Identity)):
+        refuse(f"{where} qk_norm")
+    if pool.num_heads != block.attn.num_heads or pool.latent_dim != block.attn.proj.out_features:
+        refuse(f"{where} heads or width differing from the blocks'")
+    if not isinstance(pool.proj, nn.Linear) or pool.mlp is None or type(pool.mlp) is not Mlp:
+        refuse(f"{where} without its projection and MLP (out_features=0)")
+    if pool.mlp.fc1.out_features != block.mlp.fc1.out_features or _activation(pool.mlp.act, f"{where}.mlp", refuse) != act:
+        refuse(f"{where}.mlp width or activation differing from the blocks'")
+    if _layer_norm_eps(pool.norm, f"{where}.norm", refuse) != eps:
+        refuse(f"{where}.norm eps differing from the blocks'")
+    if any(layer.bias is None for layer in (pool.q, pool.kv, pool.proj, pool.mlp.fc1, pool.mlp.fc2)):
+        refuse(f"{where} without biases (qkv_bias=False)")
+
+
 def _layer_norm_eps(module: Any, where: str, refuse: Any) -> float:
     import torch.nn as nn
 
@@ -156,7 +212,8 @@ def timm_kwargs(config: ViTConfig) -> dict[str, Any]:
         img_size=config.image_size, patch_size=config.patch_size, in_chans=config.in_channels,
         num_classes=config.num_classes, global_pool=config.pool, embed_dim=config.width,
         depth=config.depth, num_heads=config.num_heads, mlp_ratio=config.mlp_ratio,
-        qkv_bias=config.qkv_bias, proj_bias=config.proj_bias,
+        qkv_bias=config.qkv_bias, proj_bias=config.proj_bias, qk_norm=config.qk_norm,
+        act_layer=None if config.act == "gelu" else config.act,
         init_values=1.0 if config.layer_scale else None, class_token=config.class_token,
         pos_embed="learn" if config.pos_embed else "none", no_embed_class=config.no_embed_class,
         reg_tokens=config.num_register_tokens, pre_norm=config.pre_norm,

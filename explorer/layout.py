@@ -110,7 +110,7 @@ def controls(data: RunData, state: ExplorerState) -> pn.Column:
     threshold = pn.widgets.FloatSlider.from_param(s.param.threshold, label="link threshold (D2, D3, D5)",
                                                   step=0.005)
     space = pn.widgets.RadioButtonGroup.from_param(s.param.space, label="pattern space (D1)")
-    token = pn.widgets.IntInput.from_param(s.param.source_token, label="source token (0 = CLS)")
+    token = pn.widgets.IntInput.from_param(s.param.source_token, label=f"source token (0 = {data.token_name(0)})")
     return pn.Column(
         "### Image", image_id, found, image_index, thumb,
         "### Head", head_select, selected,

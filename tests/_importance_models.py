@@ -22,6 +22,9 @@ CONFIGS = {
     "avg": ViTConfig(**TINY, pool="avg", class_token=False, fc_norm=True),
     "distilled": ViTConfig(**TINY, distillation_token=True),
     "registers": ViTConfig(**{**TINY, "depth": 2}, num_register_tokens=2, layer_scale=True),
+    "qk_norm_quick_gelu": ViTConfig(**{**TINY, "depth": 2}, qk_norm=True, act="quick_gelu"),
+    # SigLIP's layout: attention pooling, no class token.
+    "map_gelu_tanh": ViTConfig(**{**TINY, "depth": 2}, pool="map", class_token=False, act="gelu_tanh"),
 }
 
 

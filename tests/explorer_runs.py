@@ -1,8 +1,9 @@
 """Small real runs for the explorer tests, made once per test session by `vit-va sweep`.
 
 - the demo run: the shipped demo model on the first 24 shipped images (14 x 14 grid);
-- a timm run: a random `vit_tiny_patch16_224` at 64 px (4 x 4 grid, 5 classes) converted by
-  `converters.from_timm`, swept over a flat folder of 6 PNGs (no labels).
+- a timm run: a random `vit_tiny_patch16_224` at 64 px (4 x 4 grid, 5 classes) in SigLIP's
+  layout (no class token, attention pooling) with qk-norm, converted by `converters.from_timm`,
+  swept over a flat folder of 6 PNGs (no labels): the explorer without a CLS token.
 
 Runs are cached per pytest base temp directory, so every explorer test module shares them.
 """
@@ -46,7 +47,8 @@ def demo_runs_dir(base: Path) -> Path:
 
 @functools.lru_cache(maxsize=None)
 def timm_runs_dir(base: Path) -> Path:
-    """A runs directory holding the run `timm-tiny` (random timm ViT-Tiny, 64 px, 6 PNGs)."""
+    """A runs directory holding the run `timm-tiny` (random timm ViT-Tiny, 64 px, no class
+    token, attention pooling, qk-norm; 6 PNGs)."""
     import timm
     from PIL import Image
 
@@ -56,7 +58,8 @@ def timm_runs_dir(base: Path) -> Path:
     root = base / "explorer-timm"
     checkpoint = root / "checkpoint"
     model = converters.from_timm(timm.create_model("vit_tiny_patch16_224", pretrained=False,
-                                                   num_classes=5, img_size=64))
+                                                   num_classes=5, img_size=64, class_token=False,
+                                                   global_pool="map", qk_norm=True))
     vit_jax_va.save(model, checkpoint)
     images = root / "images"
     images.mkdir(parents=True)

@@ -28,7 +28,8 @@ def test_dict_round_trip():
     (dict(image_size=30, patch_size=16), "image_size\\[0\\]=30 is not a multiple of patch_size"),
     (dict(width=100, num_heads=12), "width=100 is not divisible by num_heads=12"),
     (dict(class_token=False), "pool='token' needs class_token=True"),
-    (dict(pool="map"), "pool='map'"),
+    (dict(pool="gap"), "pool='gap'"),
+    (dict(act="silu"), "act='silu'"),
     (dict(in_channels=1), "mean/std have 3/3 entries for in_channels=1"),
     (dict(distillation_token=True, num_register_tokens=2), "distillation_token"),
 ])
@@ -38,5 +39,5 @@ def test_invalid_configs_are_named(kwargs, message):
 
 
 def test_unknown_keys_are_named():
-    with pytest.raises(ValueError, match="qk_norm"):
-        ViTConfig.from_dict({**ViTConfig().to_dict(), "qk_norm": True})
+    with pytest.raises(ValueError, match="rope_theta"):
+        ViTConfig.from_dict({**ViTConfig().to_dict(), "rope_theta": 100.0})

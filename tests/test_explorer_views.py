@@ -85,9 +85,12 @@ def test_every_view_renders(which, request):
 
 def test_timm_run_has_its_own_grid_and_no_labels(timm_run):
     data = load_run(timm_run)
-    assert data.grid == (4, 4) and data.num_tokens == 17
+    # No class token (attention pooling): patches alone, and no CLS pattern space to toggle to.
+    assert data.grid == (4, 4) and data.num_tokens == 16 and data.num_prefix == 0
     assert (data.labels == -1).all()
     state = ExplorerState(data)
+    assert state.param.space.objects == ["patch"]
+    assert data.token_name(0) == "patch (0, 0)"
     # The class scope falls back to the predicted class of unlabelled images.
     members = data.scope_images("class", 0)
     assert (data.prediction[members] == data.prediction[0]).all()

@@ -87,6 +87,26 @@ def test_store_holds_what_the_library_computes(in_memory_run):
     assert run.manifest["complete"] and not (out / "chunks").exists()
 
 
+def test_a_siglip_layout_model_sweeps_end_to_end(tmp_path):
+    """No class token, attention pooling, qk-norm and QuickGELU: the store holds what the
+    library computes, and the CLS pattern space, which needs a class token, is left out."""
+    config = CONFIG.replace(pool="map", class_token=False, qk_norm=True, act="quick_gelu")
+    model, dataset = random_vit(config, seed=1), _random_pixels()
+    Sweep(model, usable_images(dataset), tmp_path / "r", options=SweepOptions(**SMALL), progress=False,
+          log=lambda _: None).run()
+    run = vit_jax_va.open_run(tmp_path / "r")
+    images = next(dataset.batches(config, batch_size=10)).images
+    ablation = ablate_heads(model, images, dataset.labels, modes=vit_jax_va.PRUNE_MODES)
+    for key in ("prob", "kl", "baseline_prob"):
+        np.testing.assert_allclose(run.array("importance", key), getattr(ablation, key), atol=1e-6, err_msg=key)
+    attention = model(jnp.asarray(images), return_attention=True).attention
+    assert attention.shape[-1] == config.num_patches == 16
+    entropy = vit_jax_va.head_entropy(vit_jax_va.hop_profile(attention, config.grid, 0))
+    np.testing.assert_allclose(run.array("strength", "entropy"), entropy, atol=1e-5)
+    assert "patterns/patch" in run.groups() and "patterns/cls" not in run.groups()
+    assert run.manifest["complete"]
+
+
 def test_attention_is_kept_for_the_chosen_images(tmp_path):
     model, dataset = random_vit(CONFIG, seed=0), _random_pixels()
     options = SweepOptions(**{**SMALL, "keep_attention": (7, 2, 7)})

@@ -57,10 +57,15 @@ def test_config_read_from_timm():
     assert (config.grid, config.in_channels, config.pre_norm, config.qkv_bias) == ((4, 3), 1, True, False)
     config = converters.config_from_timm(make_named("deit_tiny_distilled_patch16_224"))
     assert config.distillation_token and config.num_prefix_tokens == 2
+    config = converters.config_from_timm(make_case("qk_norm_quick_gelu"))
+    assert (config.qk_norm, config.act, config.pool) == (True, "quick_gelu", "token")
+    config = converters.config_from_timm(make_case("map_no_class_token_gelu_tanh"))
+    assert (config.qk_norm, config.act, config.pool, config.num_prefix_tokens) == (False, "gelu_tanh", "map", 0)
 
 
 @pytest.mark.parametrize("value", [0.0, 0.3])
-@pytest.mark.parametrize("case", ["token", "registers_no_embed_class_layer_scale", "distilled"])
+@pytest.mark.parametrize("case", ["token", "registers_no_embed_class_layer_scale", "distilled",
+                                  "qk_norm_quick_gelu", "map_no_class_token_gelu_tanh"])
 def test_head_mask_scales_the_heads_slice_of_the_projection_input(case, value):
     """Ours: head_mask[l, h] = value. timm: a pre-hook scales that head's slice of attn.proj's input."""
     timm_model = make_case(case)
@@ -88,7 +93,8 @@ def test_head_mask_scales_the_heads_slice_of_the_projection_input(case, value):
 
 
 def test_to_timm_round_trip_is_bit_exact_and_timm_loads_it_strictly():
-    for case in ("registers_no_embed_class_layer_scale", "distilled", "pre_norm_no_qkv_bias_grey_rect"):
+    for case in ("registers_no_embed_class_layer_scale", "distilled", "pre_norm_no_qkv_bias_grey_rect",
+                 "qk_norm_quick_gelu", "map_no_class_token_gelu_tanh"):
         model = converters.from_timm(make_case(case))
         state_dict = converters.to_timm(model)
         timm_model = converters.create_timm_model(model.config, state_dict)  # strict load
@@ -168,11 +174,10 @@ def test_missing_unexpected_and_misshaped_keys_are_each_named():
 
 
 @pytest.mark.parametrize("kwargs, setting", [
-    (dict(qk_norm=True), "qk_norm"),
     (dict(scale_attn_norm=True), "scale_attn_norm"),
     (dict(scale_mlp_norm=True), "scale_mlp_norm"),
-    (dict(act_layer="gelu_tanh"), "activation"),
-    (dict(global_pool="map"), "attention pooling"),
+    (dict(act_layer="silu"), "activation"),
+    (dict(global_pool="prr"), "global_pool='prr'"),
     (dict(norm_layer="rmsnorm"), "RmsNorm"),
     (dict(embed_norm_layer="layernorm"), "patch embedding"),
 ])

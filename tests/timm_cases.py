@@ -27,11 +27,18 @@ CASES = {
         "VisionTransformer", {**TINY, "global_pool": "avgmax", "pool_include_prefix": True,
                               "fc_norm": False, "mlp_ratio": 2.0, "reg_tokens": 1}),
     "no_pos_embed_headless": ("VisionTransformer", {**TINY, "pos_embed": "none", "num_classes": 0}),
+    "qk_norm_quick_gelu": ("VisionTransformer", {**TINY, "qk_norm": True, "act_layer": "quick_gelu"}),
+    # SigLIP's layout: no class token, attention pooling; with the tanh GELU of HF's SigLIP.
+    "map_no_class_token_gelu_tanh": (
+        "VisionTransformer", {**TINY, "class_token": False, "global_pool": "map", "act_layer": "gelu_tanh"}),
+    "map_registers_layer_scale": (
+        "VisionTransformer", {**TINY, "global_pool": "map", "reg_tokens": 2, "init_values": 1e-5}),
 }
 
 # Real timm architectures (random init): names as users pass them.
 NAMED = ["vit_tiny_patch16_224", "deit_tiny_distilled_patch16_224", "deit3_small_patch16_224",
-         "vit_little_patch16_reg4_gap_256"]
+         "vit_little_patch16_reg4_gap_256", "vit_base_patch32_clip_quickgelu_224",
+         "vit_base_patch32_siglip_256"]
 
 
 def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -71,3 +78,5 @@ def random_images(model: torch.nn.Module, n: int = 2, seed: int = 0) -> np.ndarr
 def set_fused(model: torch.nn.Module, fused: bool) -> None:
     for block in model.blocks:
         block.attn.fused_attn = fused
+    if getattr(model, "attn_pool", None) is not None:
+        model.attn_pool.fused_attn = fused

@@ -10,7 +10,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-POOLS = ("token", "avg", "max", "avgmax")
+POOLS = ("token", "avg", "max", "avgmax", "map")
+# The MLP activations: exact (erf) GELU, its tanh approximation, and CLIP's x * sigmoid(1.702 x).
+ACTIVATIONS = ("gelu", "gelu_tanh", "quick_gelu")
 CROP_MODES = ("center", "squash")
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "lanczos", "box", "hamming")
 
@@ -41,6 +43,9 @@ class ViTConfig:
       mlp_ratio: MLP hidden size / width (hidden = int(width * mlp_ratio), as in timm).
       qkv_bias: bias on the fused query/key/value projection.
       proj_bias: bias on the attention output projection and the MLP layers.
+      qk_norm: LayerNorm over the head dim on every head's queries and keys (timm `qk_norm`;
+        one norm per block for all heads), before the scaled product.
+      act: the MLP activation, one of `ACTIVATIONS` (timm `act_layer`).
       class_token: prepend a learned class token.
       distillation_token: DeiT's distillation token (token 1) and its second head.
       num_register_tokens: learned register tokens after the class token.
@@ -49,7 +54,8 @@ class ViTConfig:
       pre_norm: LayerNorm after the embedding (CLIP style); the patch conv then has no bias.
       final_norm: LayerNorm after the last block (or after pooling when `fc_norm`).
       fc_norm: apply the final LayerNorm after pooling instead of before.
-      pool: 'token' (class token), 'avg', 'max' or 'avgmax' over the patch tokens.
+      pool: 'token' (class token), 'avg', 'max' or 'avgmax' over the patch tokens, or 'map':
+        attention pooling by a learned latent query (SigLIP; timm `AttentionPoolLatent`).
       pool_include_prefix: include prefix tokens in avg/max pooling.
       layer_scale: per-channel scales (`ls1`, `ls2`) on the residual branches.
       layer_norm_eps: epsilon of every LayerNorm (timm ViTs use 1e-6).
@@ -70,6 +76,8 @@ class ViTConfig:
     mlp_ratio: float = 4.0
     qkv_bias: bool = True
     proj_bias: bool = True
+    qk_norm: bool = False
+    act: str = "gelu"
     class_token: bool = True
     distillation_token: bool = False
     num_register_tokens: int = 0
@@ -106,6 +114,8 @@ class ViTConfig:
             problems.append(f"width={self.width} is not divisible by num_heads={self.num_heads}")
         if self.pool not in POOLS:
             problems.append(f"pool={self.pool!r} is not one of {POOLS}")
+        if self.act not in ACTIVATIONS:
+            problems.append(f"act={self.act!r} is not one of {ACTIVATIONS}")
         if self.pool == "token" and not self.class_token:
             problems.append("pool='token' needs class_token=True")
         if self.distillation_token and not self.class_token:

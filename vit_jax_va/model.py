@@ -59,6 +59,20 @@ def gelu(x: jax.Array) -> jax.Array:
     return 0.5 * x * (1 + jax.lax.erf(x * jnp.float32(math.sqrt(0.5))))
 
 
+def gelu_tanh(x: jax.Array) -> jax.Array:
+    """GELU's tanh approximation, torch's `gelu(approximate='tanh')` (SigLIP)."""
+    return jax.nn.gelu(x, approximate=True)
+
+
+def quick_gelu(x: jax.Array) -> jax.Array:
+    """x * sigmoid(1.702 x): OpenAI CLIP's activation (timm `QuickGELU`)."""
+    return x * jax.nn.sigmoid(jnp.float32(1.702) * x)
+
+
+# `ViTConfig.act` -> the function.
+ACTIVATIONS = {"gelu": gelu, "gelu_tanh": gelu_tanh, "quick_gelu": quick_gelu}
+
+
 class PatchEmbed(nnx.Module):
     """Non-overlapping patches -> tokens: `[B, H_img, W_img, channels]` -> `[B, patches, C]`."""
 
@@ -82,6 +96,12 @@ class LayerScale(nnx.Module):
         return x * self.gamma[...].reshape((1,) * (x.ndim - 1) + (-1,))
 
 
+def _softmax_attention(q: jax.Array, k: jax.Array, head_dim: int) -> jax.Array:
+    """Post-softmax attention `[B, R, T]` of queries `[B, R, D]` over keys `[B, T, D]`. timm
+    scales q before the product; doing the same keeps rounding identical."""
+    return jax.nn.softmax((q * jnp.float32(head_dim ** -0.5)) @ k.swapaxes(-1, -2), axis=-1)
+
+
 class Attention(nnx.Module):
     """Multi-head self-attention, computed head by head, with head and region masks.
 
@@ -103,6 +123,9 @@ class Attention(nnx.Module):
         self.num_heads = config.num_heads
         self.head_dim = config.head_dim
         self.qkv = _linear(config.width, 3 * config.width, config.qkv_bias, rngs)
+        norm = lambda: nnx.LayerNorm(config.head_dim, epsilon=config.layer_norm_eps, rngs=rngs)  # noqa: E731
+        self.q_norm = norm() if config.qk_norm else None
+        self.k_norm = norm() if config.qk_norm else None
         self.proj = _linear(config.width, config.width, config.proj_bias, rngs)
 
     def heads(self, x: jax.Array, rows: int | None = None,
@@ -126,9 +149,9 @@ class Attention(nnx.Module):
             q, k, v = qkv[:, :, 0, h], qkv[:, :, 1, h], qkv[:, :, 2, h]
             if rows is not None:
                 q = q[:, :rows]
-            # timm scales q before the product; doing the same keeps rounding identical.
-            q = q * jnp.float32(head_dim ** -0.5)
-            attention = jax.nn.softmax(q @ k.swapaxes(-1, -2), axis=-1)
+            if self.q_norm is not None:
+                q, k = self.q_norm(q), self.k_norm(k)
+            attention = _softmax_attention(q, k, head_dim)
             if region_mask is not None:
                 attention = attention * region_mask[h, :q.shape[1]][None]
             out.append((attention, v))
@@ -148,13 +171,42 @@ class Attention(nnx.Module):
 
 
 class Mlp(nnx.Module):
-    def __init__(self, config: ViTConfig, *, rngs: nnx.Rngs):
-        self.fc1 = _linear(config.width, config.mlp_hidden, config.proj_bias, rngs)
-        self.fc2 = _linear(config.mlp_hidden, config.width, config.proj_bias, rngs)
+    """fc2(act(fc1 x)), with the config's activation; biases as `proj_bias` unless `bias` says."""
+
+    def __init__(self, config: ViTConfig, *, rngs: nnx.Rngs, bias: bool | None = None):
+        bias = config.proj_bias if bias is None else bias
+        self.act = config.act
+        self.fc1 = _linear(config.width, config.mlp_hidden, bias, rngs)
+        self.fc2 = _linear(config.mlp_hidden, config.width, bias, rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """`[..., C]` -> `[..., C]`."""
-        return self.fc2(gelu(self.fc1(_rows(x)))).reshape(x.shape)
+        return self.fc2(ACTIVATIONS[self.act](self.fc1(_rows(x)))).reshape(x.shape)
+
+
+class AttentionPool(nnx.Module):
+    """Attention pooling by one learned latent query (SigLIP's 'map' head; timm
+    `AttentionPoolLatent` with one latent): the latent attends to the tokens with the blocks'
+    number of heads, then a projection and a residual MLP: `[B, T, C]` -> `[B, C]`. Part of
+    the classifier: the sweep neither prunes nor shows its attention."""
+
+    def __init__(self, config: ViTConfig, *, rngs: nnx.Rngs):
+        self.num_heads, self.head_dim = config.num_heads, config.head_dim
+        self.latent = nnx.Param(_linear_init(rngs.params(), (1, 1, config.width)))
+        self.q = _linear(config.width, config.width, True, rngs)
+        self.kv = _linear(config.width, 2 * config.width, True, rngs)
+        self.proj = _linear(config.width, config.width, True, rngs)
+        self.norm = _layer_norm(config, rngs)
+        self.mlp = Mlp(config, rngs=rngs, bias=True)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        b, t, c = x.shape
+        q = self.q(self.latent[...][0]).reshape(1, self.num_heads, self.head_dim)
+        kv = self.kv(_rows(x)).reshape(b, t, 2, self.num_heads, self.head_dim)
+        heads = [_softmax_attention(jnp.broadcast_to(q[:, h][None], (b, 1, self.head_dim)), kv[:, :, 0, h],
+                                    self.head_dim) @ kv[:, :, 1, h] for h in range(self.num_heads)]
+        pooled = self.proj(jnp.concatenate(heads, axis=-1)[:, 0])
+        return pooled + self.mlp(self.norm(pooled))
 
 
 class Block(nnx.Module):
@@ -225,6 +277,7 @@ class ViT(nnx.Module):
         self.norm_pre = _layer_norm(c, rngs) if c.pre_norm else None
         self.blocks = nnx.List([Block(c, rngs=rngs) for _ in range(c.depth)])
         self.norm = _layer_norm(c, rngs) if c.final_norm and not c.fc_norm else None
+        self.attn_pool = AttentionPool(c, rngs=rngs) if c.pool == "map" else None
         self.fc_norm = _layer_norm(c, rngs) if c.final_norm and c.fc_norm else None
         self.head = (nnx.Linear(c.width, c.num_classes, kernel_init=_linear_init,
                                 rngs=rngs) if c.num_classes else None)
@@ -275,7 +328,9 @@ class ViT(nnx.Module):
             pooled = x[:, 0]
         else:
             tokens = x if c.pool_include_prefix else x[:, c.num_prefix_tokens:]
-            if c.pool == "avg":
+            if c.pool == "map":
+                pooled = self.attn_pool(tokens)
+            elif c.pool == "avg":
                 pooled = tokens.mean(axis=1)
             elif c.pool == "max":
                 pooled = tokens.max(axis=1)

@@ -159,7 +159,7 @@ def attention_links_frame(data: RunData) -> Frame:
     """D3's axes (tokens left to right, sources on top, targets at the bottom); the links are
     drawn by `attention_links`."""
     T = data.num_tokens
-    return Frame("token (0 = CLS)", None, width=960, height=280, x_range=(-0.5, T - 0.5),
+    return Frame(f"token (0 = {data.token_name(0)})", None, width=960, height=280, x_range=(-0.5, T - 0.5),
                  y_range=(-0.08, 1.08), y_axis=False)
 
 
