@@ -1,16 +1,16 @@
 """Checkpoints in and out of `vit_jax_va`. The only package that imports torch and timm, and
 only inside the functions that need them.
 
-Modules: `timm` (timm <-> ours: `from_timm`, `to_timm`, `source_module`), `timm_names` (the
+Modules: `timm` (timm <-> ours: `from_timm`, `to_timm`, `source_module`, `at_image_size`), `timm_names` (the
 name and layout map), `timm_config` (timm settings <-> `ViTConfig`, refusals), `torch_files`
 (checkpoint files -> numpy), `strict` (a strict load for any name map), `parity` (logits and
 attention against the source module).
 """
 
 from converters.parity import parity_report, timm_forward
-from converters.timm import from_timm, source_module, to_timm
+from converters.timm import at_image_size, from_timm, source_module, to_timm
 from converters.timm_config import UnsupportedModelError, config_from_timm, create_timm_model
 from converters.torch_files import read_state_dict
 
-__all__ = ["UnsupportedModelError", "config_from_timm", "create_timm_model", "from_timm",
+__all__ = ["UnsupportedModelError", "at_image_size", "config_from_timm", "create_timm_model", "from_timm",
            "parity_report", "read_state_dict", "source_module", "timm_forward", "to_timm"]

@@ -19,7 +19,7 @@ import numpy as np
 from flax import nnx
 
 from converters.strict import strict_load
-from converters.timm_config import config_from_timm
+from converters.timm_config import UnsupportedModelError, config_from_timm, create_timm_model
 from converters.timm_names import timm_key, timm_layout, to_ours, to_torch_layout
 from converters.torch_files import local_file, numpy_state_dict, read_state_dict
 from vit_jax_va.checkpoint import CheckpointError
@@ -28,7 +28,7 @@ from vit_jax_va.model import ViT
 
 
 def from_timm(source: Any, model_name: str | None = None, *, config: ViTConfig | None = None,
-              **model_kwargs: Any) -> ViT:
+              image_size: int | tuple[int, int] | None = None, **model_kwargs: Any) -> ViT:
     """Convert a timm ViT to a `vit_jax_va.ViT`.
 
     Args:
@@ -39,11 +39,26 @@ def from_timm(source: Any, model_name: str | None = None, *, config: ViTConfig |
         is stripped); or a timm model name, whose pretrained weights timm downloads.
       model_name: the timm architecture of a state dict or file (e.g. 'vit_base_patch16_224').
       config: alternatively, the `ViTConfig` of a state dict or file.
+      image_size: run the model at this size in pixels (`(height, width)`, or an int for a
+        square) instead of the checkpoint's own: timm resamples the position embedding
+        (`VisionTransformer.set_input_size`: bicubic, antialiased), so the result computes what
+        the timm model set to that size computes. The patch size stays; the size must be a
+        multiple of it.
       **model_kwargs: passed to `timm.create_model` with `model_name` (e.g. `num_classes=10`,
-        `img_size=384`). `num_classes` and `in_chans` default to what the weights say.
+        or `img_size=384` for weights trained at 384 px). `num_classes` and `in_chans` default
+        to what the weights say.
     Half-precision weights are converted to float32.
     """
     import torch.nn as nn
+
+    if image_size is not None:
+        if config is not None:
+            state_dict = (numpy_state_dict(source) if isinstance(source, Mapping)
+                          else read_state_dict(_existing_file(source)))
+            module = create_timm_model(config, state_dict)
+        else:
+            module = source_module(source, model_name, **model_kwargs)
+        return from_timm(at_image_size(module, image_size))
 
     if isinstance(source, nn.Module):
         return _from_state_dict(numpy_state_dict(source.state_dict()), config_from_timm(source))
@@ -87,6 +102,30 @@ def _hub_module(name: str, model_kwargs: dict[str, Any]) -> Any:
                               "network access, pass a local .safetensors/.pth file and "
                               f"model_name={name!r}") from err
     return module.eval()
+
+
+def at_image_size(module: Any, image_size: int | tuple[int, int]) -> Any:
+    """A copy of the timm ViT `module` set to take `image_size` pixels (`(height, width)` or an
+    int): timm's `set_input_size` resamples the position embedding. Refuses a size that is not
+    a multiple of the patch size, naming both."""
+    import copy
+
+    size = (image_size, image_size) if isinstance(image_size, int) else tuple(int(v) for v in image_size)
+    patch = tuple(module.patch_embed.patch_size)
+    if len(size) != 2 or any(s <= 0 or s % p for s, p in zip(size, patch)):
+        raise ValueError(f"image_size {size} is not a multiple of the patch size {patch}")
+    module = copy.deepcopy(module).eval()
+    if not hasattr(module, "set_input_size"):
+        raise UnsupportedModelError(f"{type(module).__name__}: timm cannot change its input size")
+    module.set_input_size(img_size=size)
+    return module
+
+
+def _existing_file(source: Any):
+    path = local_file(source)
+    if path is None:
+        raise FileNotFoundError(f"no checkpoint file at {source}")
+    return path
 
 
 def source_module(source: Any, model_name: str | None = None, **model_kwargs: Any) -> Any:

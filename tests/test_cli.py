@@ -37,6 +37,29 @@ def test_convert_file_and_report_parity(tmp_path):
     assert "--overwrite" in again.stderr and "overwrite=True" not in again.stderr
 
 
+def test_convert_at_another_image_size(tmp_path):
+    """--image-size: timm resamples the position embedding; the parity report compares with the
+    timm model set to that size."""
+    from safetensors.torch import save_file
+
+    save_file(make_named("vit_tiny_patch16_224", num_classes=10).state_dict(), tmp_path / "tiny.safetensors")
+    result = _vit_va("convert", str(tmp_path / "tiny.safetensors"), str(tmp_path / "out"),
+                     "--model-name", "vit_tiny_patch16_224", "--image-size", "160x128", "--json")
+    assert result.returncode == 0, result.stderr
+    assert "160x128 px" in result.stdout and "grid 10x8" in result.stdout
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["logits_max_abs_diff"] <= 1e-4 and report["attention_max_abs_diff"] <= 1e-5
+    assert vit_jax_va.load(tmp_path / "out").config.image_size == (160, 128)
+    bad = _vit_va("convert", str(tmp_path / "tiny.safetensors"), str(tmp_path / "bad"),
+                  "--model-name", "vit_tiny_patch16_224", "--image-size", "100")
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr, bad.stderr
+    assert "image_size (100, 100) is not a multiple of the patch size (16, 16)" in bad.stderr
+    assert not (tmp_path / "bad").exists()
+    typo = _vit_va("convert", str(tmp_path / "tiny.safetensors"), str(tmp_path / "bad"),
+                   "--model-name", "vit_tiny_patch16_224", "--image-size", "16O")
+    assert typo.returncode == 2 and "'16O' is not a size" in typo.stderr
+
+
 def test_bad_input_is_one_clear_line(tmp_path):
     result = _vit_va("convert", str(tmp_path / "missing.pth"), str(tmp_path / "out"),
                      "--model-name", "vit_tiny_patch16_224")

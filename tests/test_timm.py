@@ -205,3 +205,32 @@ def test_npz_and_unknown_formats_are_refused(tmp_path):
 def test_hub_name_without_network_says_what_to_do():
     with pytest.raises(CheckpointError, match="local .safetensors"):
         converters.from_timm("vit_tiny_patch16_224.augreg_in21k_ft_in1k")
+
+
+@pytest.mark.parametrize("size", [(48, 48), (24, 24), (40, 56)], ids=["up", "down", "rect"])
+@pytest.mark.parametrize("case", ["token", "registers_no_embed_class_layer_scale", "distilled",
+                                  "map_no_class_token_gelu_tanh"])
+def test_a_model_converted_at_another_size_equals_timm_run_at_that_size(case, size):
+    """`image_size=`: the position embedding resampled as timm does. The reference is the same
+    timm model with `dynamic_img_size=True`, which resamples on the fly for the input it gets."""
+    model = converters.from_timm(make_case(case), image_size=size)
+    assert model.config.image_size == size and model.config.grid == (size[0] // 8, size[1] // 8)
+    reference = make_case(case, dynamic_img_size=True)
+    images = np.random.default_rng(1).standard_normal((2, *size, 3), np.float32)
+    logits_diff, attention_diff = _compare(reference, model, images)
+    assert logits_diff <= LOGITS_TOL and attention_diff <= ATTENTION_TOL, (logits_diff, attention_diff)
+    # The model at its own size refuses these images.
+    with pytest.raises(ValueError, match="images must be"):
+        converters.from_timm(make_case(case))(jnp.asarray(images))
+
+
+def test_a_state_dict_or_file_converted_at_another_size(tiny_files):
+    folder, timm_model = tiny_files
+    model = converters.from_timm(folder / "tiny.safetensors", model_name="vit_tiny_patch16_224",
+                                 image_size=160)
+    assert model.config.image_size == (160, 160) and model.config.grid == (10, 10)
+    config = converters.config_from_timm(timm_model)
+    again = converters.from_timm(timm_model.state_dict(), config=config, image_size=160)
+    assert vit_jax_va.weights_hash(again) == vit_jax_va.weights_hash(model)
+    with pytest.raises(ValueError, match=r"image_size \(100, 100\) is not a multiple of the patch size \(16, 16\)"):
+        converters.from_timm(timm_model, image_size=100)

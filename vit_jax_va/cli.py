@@ -1,6 +1,6 @@
 """`vit-va`: the command line.
 
-    vit-va convert SOURCE OUT [--model-name NAME] [--num-classes K] [--img-size S] [--overwrite]
+    vit-va convert SOURCE OUT [--model-name NAME] [--num-classes K] [--image-size S] [--overwrite]
     vit-va explore [RUN_DIR] [--port PORT] [--address HOST] [--show]
     vit-va sweep [--model M] [--data D] [--out RUN_DIR] [--images N] [--modes ...] ...
     vit-va train-demo OUT [--data-dir DIR] [--epochs N] [--seed S] [--overwrite] ...
@@ -31,6 +31,15 @@ from vit_jax_va.sweep import SweepOptions
 COMMANDS_GROUP = "vit_jax_va.commands"
 
 
+def _image_size(text: str) -> tuple[int, int]:
+    """`--image-size`: "224" or "224x320" (height x width) in pixels."""
+    parts = text.lower().split("x")
+    if len(parts) not in (1, 2) or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size: give pixels, 224 or 224x320")
+    height, width = (int(parts[0]), int(parts[-1]))
+    return (height, width)
+
+
 def _convert(args: argparse.Namespace) -> int:
     require_timm("vit-va convert")
     import converters
@@ -47,6 +56,8 @@ def _convert(args: argparse.Namespace) -> int:
         raise FileExistsError(f"{args.out} exists; choose another output folder, or --overwrite to replace it")
     start = time.perf_counter()
     source = converters.source_module(args.source, model_name=args.model_name, **kwargs)
+    if args.image_size is not None:
+        source = converters.at_image_size(source, args.image_size)
     model = converters.from_timm(source)
     path = vit_jax_va.save(model, args.out, overwrite=args.overwrite)
     c = model.config
@@ -195,8 +206,11 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--model-name", help="timm architecture of a checkpoint file, "
                                               "e.g. vit_base_patch16_224")
     convert.add_argument("--num-classes", type=int, help="classes (default: from the weights)")
-    convert.add_argument("--img-size", type=int, help="input size in pixels (default: the "
-                                                      "architecture's)")
+    convert.add_argument("--img-size", type=int, help="the size the checkpoint was trained at, "
+                                                      "timm's img_size (default: the architecture's)")
+    convert.add_argument("--image-size", type=_image_size, metavar="S or HxW",
+                         help="run the model at this size: timm resamples the position embedding "
+                              "(default: the checkpoint's own size)")
     convert.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     convert.add_argument("--no-parity", action="store_true", help="skip the check against timm")
     convert.add_argument("--json", action="store_true", help="also print the parity as JSON")
