@@ -43,15 +43,22 @@ def timm_forward(timm_model: Any, images_nchw: Any) -> tuple[np.ndarray, np.ndar
     return logits.numpy(), torch.stack(attention, dim=1).numpy()
 
 
-def parity_report(timm_model: Any, model: ViT, num_images: int = 4, seed: int = 0) -> dict[str, float]:
-    """Max |difference| of logits and of every layer's attention between a timm model and ours
-    on seeded standard-normal inputs. Runs ours at full float32 matmul precision."""
+def parity_report(source: Any, model: ViT, num_images: int = 4, seed: int = 0) -> dict[str, float]:
+    """Max |difference| of logits and of every layer's attention between a source module (timm,
+    or transformers: `converters.hf.hf_forward`) and ours on seeded standard-normal inputs at
+    our model's image size. Runs ours at full float32 matmul precision."""
     import torch
+
+    from converters.hf_config import MODELS
 
     config = model.config
     rng = np.random.default_rng(seed)
     images = rng.standard_normal((num_images, *config.image_size, config.in_channels), np.float32)
-    timm_logits, timm_attention = timm_forward(timm_model, torch.from_numpy(images.transpose(0, 3, 1, 2)))
+    if type(source).__name__ in MODELS:
+        from converters.hf import hf_forward as forward
+    else:
+        forward = timm_forward
+    timm_logits, timm_attention = forward(source, torch.from_numpy(images.transpose(0, 3, 1, 2)))
     with jax.default_matmul_precision("highest"):
         out = model(jax.numpy.asarray(images), return_attention=True)
     return {"logits_max_abs_diff": float(np.max(np.abs(np.asarray(out.logits) - timm_logits))),

@@ -3,7 +3,7 @@
 import subprocess
 import sys
 
-HEAVY = ("torch", "timm", "panel", "param", "bokeh", "holoviews")
+HEAVY = ("torch", "timm", "transformers", "panel", "param", "bokeh", "holoviews")
 
 
 def _imported_after(statement):

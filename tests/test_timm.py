@@ -49,6 +49,16 @@ def test_parity_named_architectures(name, fused):
     assert attention_diff <= ATTENTION_TOL, f"{name}: attention differs by {attention_diff:.2e}"
 
 
+@pytest.mark.parametrize("name", ["vit_small_patch14_dinov2", "vit_small_patch14_reg4_dinov2"])
+def test_parity_dinov2_at_a_small_size(name):
+    """timm's DINOv2 (layer scale, registers) built at 98 px (a 7 x 7 grid) to stay small."""
+    timm_model = make_named(name, img_size=98)
+    model = converters.from_timm(timm_model)
+    assert model.config.grid == (7, 7) and model.config.layer_scale
+    logits_diff, attention_diff = _compare(timm_model, model, random_images(timm_model, 2))
+    assert logits_diff <= LOGITS_TOL and attention_diff <= ATTENTION_TOL, (logits_diff, attention_diff)
+
+
 def test_config_read_from_timm():
     config = converters.config_from_timm(make_case("registers_no_embed_class_layer_scale"))
     assert (config.num_register_tokens, config.num_prefix_tokens, config.no_embed_class,

@@ -23,7 +23,7 @@ import time
 from collections.abc import Sequence
 from importlib.metadata import entry_points
 
-from vit_jax_va.inputs import MissingExtraError, require_timm
+from vit_jax_va.inputs import MissingExtraError, is_hf_source, require_hf, require_timm
 from vit_jax_va.patterns import PROJECTIONS
 from vit_jax_va.sweep import SweepOptions
 
@@ -41,7 +41,11 @@ def _image_size(text: str) -> tuple[int, int]:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    require_timm("vit-va convert")
+    hf = is_hf_source(args.source)
+    if hf:
+        require_hf("vit-va convert of a Hugging Face model directory")
+    else:
+        require_timm("vit-va convert")
     import converters
     import vit_jax_va
 
@@ -55,10 +59,14 @@ def _convert(args: argparse.Namespace) -> int:
     if Path(args.out).exists() and not args.overwrite:  # before the conversion, which takes a while
         raise FileExistsError(f"{args.out} exists; choose another output folder, or --overwrite to replace it")
     start = time.perf_counter()
-    source = converters.source_module(args.source, model_name=args.model_name, **kwargs)
-    if args.image_size is not None:
-        source = converters.at_image_size(source, args.image_size)
-    model = converters.from_timm(source)
+    if hf:
+        source, _ = converters.hf_module(args.source)
+        model = converters.from_hf(args.source, image_size=args.image_size)
+    else:
+        source = converters.source_module(args.source, model_name=args.model_name, **kwargs)
+        if args.image_size is not None:
+            source = converters.at_image_size(source, args.image_size)
+        model = converters.from_timm(source)
     path = vit_jax_va.save(model, args.out, overwrite=args.overwrite)
     c = model.config
     print(f"converted {args.source} -> {path} ({time.perf_counter() - start:.1f} s)")
@@ -69,7 +77,7 @@ def _convert(args: argparse.Namespace) -> int:
     if not args.no_parity:
         # Against the source module itself, through the checkpoint just written.
         report = converters.parity_report(source, vit_jax_va.load(path), num_images=2)
-        print(f"  parity vs the source timm model on {report['num_images']} random images: "
+        print(f"  parity vs the source {'transformers' if hf else 'timm'} model on {report['num_images']} random images: "
               f"logits max|diff| {report['logits_max_abs_diff']:.2e}, "
               f"attention max|diff| {report['attention_max_abs_diff']:.2e}")
         if args.json:
@@ -201,7 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Convert a timm ViT (hub name, or a .safetensors/.pth/.bin file with "
                     "--model-name) into a vit_jax_va checkpoint directory (Orbax + config JSON), "
                     "then check the converted model against timm on random inputs.")
-    convert.add_argument("source", help="timm model name (needs network) or checkpoint file")
+    convert.add_argument("source", help="timm model name (needs network), timm checkpoint file, or "
+                                        "Hugging Face model directory (config.json + weights)")
     convert.add_argument("out", help="output checkpoint directory")
     convert.add_argument("--model-name", help="timm architecture of a checkpoint file, "
                                               "e.g. vit_base_patch16_224")

@@ -2,8 +2,9 @@
 
 One resolution for every front end: `vit-va sweep`, the explorer's demo sweep, notebooks.
 
-- model: "demo" (the shipped model), a vit_jax_va checkpoint directory, or a timm model name
-  or checkpoint file (converted on the fly; needs the `[timm]` extra);
+- model: "demo" (the shipped model), a vit_jax_va checkpoint directory, a Hugging Face model
+  directory (`config.json` and weights; the `[hf]` extra), or a timm model name or checkpoint
+  file (the `[timm]` extra); all but the first two are converted on the fly;
 - data: "demo" (the shipped images), a folder of images (class sub-folders or flat), a folder
   of MNIST-style IDX files (its test split), a `.txt` list of image paths, or one image file.
 """
@@ -27,11 +28,29 @@ class MissingExtraError(RuntimeError):
 def require_timm(what: str) -> None:
     """Raise `MissingExtraError` unless torch and timm can be imported (`converters` imports
     them lazily, so importing it alone proves nothing)."""
-    missing = [m for m in ("torch", "timm") if importlib.util.find_spec(m) is None]
+    _require(what, ("torch", "timm"), "timm")
+
+
+def require_hf(what: str) -> None:
+    """Raise `MissingExtraError` unless torch and transformers can be imported."""
+    _require(what, ("torch", "transformers"), "hf")
+
+
+def _require(what: str, modules: tuple[str, ...], extra: str) -> None:
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
     if missing:
         raise MissingExtraError(f"{what} needs {' and '.join(missing)}, which "
                                 f"{'is' if len(missing) == 1 else 'are'} not installed: "
-                                "pip install 'vit-jax-va[timm]'")
+                                f"pip install 'vit-jax-va[{extra}]'")
+
+
+def is_hf_source(spec: str | Path) -> bool:
+    """A Hugging Face model: a directory with a `config.json` that is not a vit_jax_va
+    checkpoint, or a hub name `hf:ORG/NAME`."""
+    if str(spec).startswith("hf:"):
+        return True
+    path = Path(spec)
+    return (path / "config.json").is_file() and not (path / "vit_jax_va.json").is_file()
 
 
 def resolve_model(spec: str, model_name: str | None = None) -> ViT:
@@ -44,6 +63,11 @@ def resolve_model(spec: str, model_name: str | None = None) -> ViT:
 
         return load_demo_model()
     path = Path(spec)
+    if is_hf_source(spec):
+        require_hf(f"--model {spec!r} (a Hugging Face model)")
+        import converters
+
+        return converters.from_hf(spec)
     if path.is_dir():
         return checkpoint.load(path)
     require_timm(f"--model {spec!r} (not a vit_jax_va checkpoint directory, so a timm model "
