@@ -1,4 +1,5 @@
-"""Hugging Face `transformers` ViT, distilled DeiT and DINOv2 -> `vit_jax_va.ViT`.
+"""Hugging Face `transformers` ViT, distilled DeiT, DINOv2 and the CLIP and SigLIP vision
+towers -> `vit_jax_va.ViT`.
 
 The transformers module is the source (a module in memory, or a model directory loaded by
 transformers itself, so that every checkpoint naming transformers reads is read). Its state
@@ -28,7 +29,9 @@ FUSED = "qkv"
 
 def from_hf(source: Any, *, image_size: int | tuple[int, int] | None = None) -> ViT:
     """Convert a transformers `ViTModel`/`ViTForImageClassification`,
-    `DeiTForImageClassificationWithTeacher` or `Dinov2Model` to a `vit_jax_va.ViT`.
+    `DeiTForImageClassificationWithTeacher`, `Dinov2Model`, `CLIPVisionModel`/
+    `CLIPVisionModelWithProjection` (the projection is the head: `image_embeds`) or
+    `SiglipVisionModel` (attention pooling) to a `vit_jax_va.ViT`.
 
     Args:
       source: the module, or a model directory (`config.json` and weights; its
@@ -37,20 +40,25 @@ def from_hf(source: Any, *, image_size: int | tuple[int, int] | None = None) -> 
         position embedding is interpolated by the module's own `interpolate_pos_encoding`, so
         the result computes what transformers computes for that size with
         `interpolate_pos_encoding=True` (DINOv2 always interpolates).
-    A model without a classifier returns its pooled features: the class token after the final
-    LayerNorm (a `ViTModel`'s tanh `pooler`, if it has one, is not part of the converted model).
+    A model without a classifier returns its pooled features (transformers' `pooler_output`
+    for DINOv2, CLIP and SigLIP): the class token after the final LayerNorm, or SigLIP's
+    attention pool (a `ViTModel`'s tanh `pooler`, if it has one, is not part of the converted
+    model).
     """
     module, folder = hf_module(source)
     config = config_from_hf(module, folder)
     state_dict = hf_state_dict(module)
+    keys = _keys(module)
     if image_size is not None:
         size = (image_size, image_size) if isinstance(image_size, int) else tuple(int(v) for v in image_size)
         config = config.replace(image_size=size)
-        key = _keys(module)["pos_embed"]
-        state_dict[key] = _interpolated_pos_embed(module, config)
-    keys = _keys(module)
-    return strict_load(state_dict, config, key_of=lambda path: _hf_key(path, keys), to_ours=to_ours,
-                       source_layout=timm_layout, origin=str(folder) if folder else f"the {type(module).__name__}")
+        own = state_dict[keys["pos_embed"]]
+        state_dict[keys["pos_embed"]] = _interpolated_pos_embed(module, config).reshape(-1, *own.shape[-1:]) \
+            if own.ndim == 2 else _interpolated_pos_embed(module, config)
+    shapes = {k: tuple(v.shape) for k, v in state_dict.items()}
+    return strict_load(state_dict, config, key_of=lambda path: _hf_key(path, keys), to_ours=_to_ours,
+                       source_layout=_source_layout(shapes, keys),
+                       origin=str(folder) if folder else f"the {type(module).__name__}")
 
 
 def hf_module(source: Any) -> tuple[Any, Path | None]:
@@ -100,6 +108,8 @@ def hf_state_dict(module: Any) -> dict[str, np.ndarray]:
     keys = _keys(module)
     flat = {k: v for k, v in numpy_state_dict(module.state_dict()).items()
             if k != keys["mask_token"] and not k.startswith(keys["pooler"])}
+    if keys.get("head") == "visual_projection":  # CLIP's projection has no bias: ours is zero
+        flat["visual_projection.bias"] = np.zeros(flat["visual_projection.weight"].shape[0], np.float32)
     for key in [k for k in flat if k.endswith(".q_proj.weight") or k.endswith(".q_proj.bias")]:
         stem, leaf = key.rsplit(".q_proj.", 1)
         parts = [f"{stem}.{p}.{leaf}" for p in ("q_proj", "k_proj", "v_proj")]
@@ -109,21 +119,32 @@ def hf_state_dict(module: Any) -> dict[str, np.ndarray]:
 
 
 def _keys(module: Any) -> dict[str, str]:
-    """The HF keys of the parts of a module whose names differ by family."""
+    """The HF keys (or key stems) of the parts of a module whose names differ by family."""
     family, backbone, heads = family_of(module)
     p = f"{backbone}." if backbone else ""
-    layers = f"{p}encoder.layer" if family == "dinov2" else f"{p}layers"
-    keys = {"cls_token": f"{p}embeddings.cls_token", "dist_token": f"{p}embeddings.distillation_token",
-            "pos_embed": f"{p}embeddings.position_embeddings", "mask_token": f"{p}embeddings.mask_token",
-            "patch_embed": f"{p}embeddings.patch_embeddings.projection", "blocks": layers, "norm": f"{p}layernorm",
-            "pooler": f"{p}pooler.",
-            "norm1": "norm1" if family == "dinov2" else "layernorm_before",
-            "norm2": "norm2" if family == "dinov2" else "layernorm_after"}
+    if family in ("clip", "siglip"):
+        keys = {"cls_token": f"{p}embeddings.class_embedding", "pos_embed": f"{p}embeddings.position_embedding.weight",
+                "patch_embed": f"{p}embeddings.patch_embedding", "norm_pre": f"{p}pre_layrnorm",
+                "blocks": f"{p}encoder.layers", "norm": f"{p}post_layernorm", "norm1": "layer_norm1",
+                "norm2": "layer_norm2", "attn": "self_attn", "proj": "out_proj", "attn_pool": f"{p}head"}
+    else:
+        keys = {"cls_token": f"{p}embeddings.cls_token", "dist_token": f"{p}embeddings.distillation_token",
+                "pos_embed": f"{p}embeddings.position_embeddings",
+                "patch_embed": f"{p}embeddings.patch_embeddings.projection", "norm": f"{p}layernorm",
+                "blocks": f"{p}encoder.layer" if family == "dinov2" else f"{p}layers",
+                "norm1": "norm1" if family == "dinov2" else "layernorm_before",
+                "norm2": "norm2" if family == "dinov2" else "layernorm_after", "attn": "attention", "proj": "o_proj"}
+    keys.update(mask_token=f"{p}embeddings.mask_token", pooler=f"{p}pooler.")
     if heads:
         keys["head"] = heads[0]
         if len(heads) > 1:
             keys["head_dist"] = heads[1]
     return keys
+
+
+# Our attention pool's parts -> SigLIP's head (`in_proj_*` holds q, k, v: ours q, then kv).
+POOL_PARTS = {"latent": "probe", "q": "attention.in_proj", "kv": "attention.in_proj",
+              "proj": "attention.out_proj", "norm": "layernorm", "mlp": "mlp"}
 
 
 def _hf_key(path: tuple[Any, ...], keys: dict[str, str]) -> str:
@@ -133,17 +154,54 @@ def _hf_key(path: tuple[Any, ...], keys: dict[str, str]) -> str:
     first = parents[0] if parents else leaf
     if first in ("cls_token", "dist_token", "pos_embed"):
         return keys[first]
-    if first in ("patch_embed", "norm", "head", "head_dist"):
+    if first in ("patch_embed", "norm_pre", "norm", "head", "head_dist"):
         return f"{keys[first]}.{leaf}"
+    if first == "attn_pool":
+        part = parents[1] if len(parents) > 1 else leaf
+        if part == "latent":
+            return f"{keys['attn_pool']}.probe"
+        if part in ("q", "kv"):
+            return f"{keys['attn_pool']}.attention.in_proj_{leaf}"
+        return ".".join([keys["attn_pool"], POOL_PARTS[part], *parents[2:], leaf])
     if first == "blocks":
         _, layer, *inner = parents
         names = {"norm1": keys["norm1"], "norm2": keys["norm2"], "ls1": "layer_scale1", "ls2": "layer_scale2",
-                 "attn": "attention", "proj": "o_proj", "gamma": "lambda1"}
+                 "attn": keys["attn"], "proj": keys["proj"]}
         inner = [names.get(n, n) for n in inner]
         if inner and inner[-1] in ("layer_scale1", "layer_scale2"):
             leaf = "lambda1"
         return ".".join([keys["blocks"], layer, *inner, leaf])
     return ".".join([*parents, leaf])
+
+
+def _to_ours(path: tuple[Any, ...], value: np.ndarray) -> np.ndarray:
+    """An HF array -> our layout: CLIP's class embedding `[C]` and CLIP/SigLIP's position
+    embedding table `[T, C]` get their batch axes; SigLIP's `in_proj` is split into our query
+    `[:C]` and key-value `[C:]` projections; weights are transposed as timm's are."""
+    names = [str(p) for p in path]
+    if names[0] == "cls_token" and value.ndim == 1:
+        return value.reshape(1, 1, -1)
+    if names[0] == "pos_embed" and value.ndim == 2:
+        return value[None]
+    if names[0] == "attn_pool" and names[1] in ("q", "kv"):
+        width = value.shape[-1] if value.ndim == 2 else value.shape[0] // 3
+        value = value[:width] if names[1] == "q" else value[width:]
+    return to_ours(path, value)
+
+
+def _source_layout(shapes: dict[str, tuple[int, ...]], keys: dict[str, str]):
+    """(our path, our shape) -> the shape the HF key holds (for strict loading's messages)."""
+    def layout(path: tuple[Any, ...], shape: tuple[int, ...]) -> tuple[int, ...]:
+        names = [str(p) for p in path]
+        key = _hf_key(path, keys)
+        if names[0] in ("cls_token", "pos_embed") and key in shapes and len(shapes[key]) < len(shape):
+            return tuple(shape[-len(shapes[key]):])
+        if names[0] == "attn_pool" and names[1] in ("q", "kv"):
+            if names[-1] == "kernel":  # ours [C, C] or [C, 2C]
+                return (3 * shape[0], shape[0])
+            return (3 * shape[0] // (1 if names[1] == "q" else 2),)
+        return timm_layout(path, shape)
+    return layout
 
 
 def _interpolated_pos_embed(module: Any, config) -> np.ndarray:
@@ -172,9 +230,11 @@ def hf_forward(module: Any, images_nchw: Any) -> tuple[np.ndarray, np.ndarray]:
     kwargs = {} if family == "dinov2" else {"interpolate_pos_encoding": True}
     with torch.inference_mode():
         out = module.eval()(pixel_values=images_nchw, output_attentions=True, **kwargs)
-    if heads:
+    if family == "clip" and heads:
+        logits = out.image_embeds
+    elif heads:
         logits = out.logits
-    elif family == "dinov2":
+    elif family in ("dinov2", "clip", "siglip"):
         logits = out.pooler_output
     else:
         logits = out.last_hidden_state[:, 0]

@@ -1,4 +1,5 @@
-"""Hugging Face `transformers` vision models -> `ViTConfig`: the architecture read off the
+"""Hugging Face `transformers` vision models (ViT, distilled DeiT, DINOv2, the CLIP and SigLIP
+vision towers) -> `ViTConfig`: the architecture read off the
 module's config (every setting handled or refused by name), the preprocessing off the
 checkpoint's `preprocessor_config.json` when there is one."""
 
@@ -18,6 +19,9 @@ MODELS = {
     "ViTForImageClassification": ("vit", "vit", ("classifier",)),
     "DeiTForImageClassificationWithTeacher": ("deit", "deit", ("cls_classifier", "distillation_classifier")),
     "Dinov2Model": ("dinov2", "", ()),
+    "CLIPVisionModel": ("clip", "", ()),
+    "CLIPVisionModelWithProjection": ("clip", "vision_model", ("visual_projection",)),
+    "SiglipVisionModel": ("siglip", "", ()),
 }
 # Classes refused, and why (named in the error).
 REFUSED = {
@@ -45,7 +49,9 @@ def family_of(module: Any) -> tuple[str, str, tuple[str, ...]]:
 
 
 def config_from_hf(module: Any, folder: str | Path | None = None) -> ViTConfig:
-    """The `ViTConfig` of a transformers ViT, DeiT or DINOv2 module; preprocessing from
+    """The `ViTConfig` of a transformers ViT, DeiT, DINOv2, CLIP or SigLIP vision module
+    (CLIP: `pre_norm`, QuickGELU, the projection of `...WithProjection` as the head; SigLIP: no
+    class token, attention pooling); preprocessing from
     `folder`'s `preprocessor_config.json` when given and present (else ImageNet statistics,
     bicubic, crop 0.875)."""
     family, _, heads = family_of(module)
@@ -69,15 +75,18 @@ def config_from_hf(module: Any, folder: str | Path | None = None) -> ViTConfig:
         if not hasattr(classifier, "out_features"):
             refuse(f"{heads[0]} type {type(classifier).__name__} (num_labels=0)")
         num_classes = int(classifier.out_features)
+    if family == "siglip" and not getattr(c, "vision_use_head", True):
+        refuse("vision_use_head=False (features without the attention-pooling head)")
     size = _pair(c.image_size)
     patch = _pair(c.patch_size)
     return ViTConfig(
         image_size=size, patch_size=patch, in_channels=int(c.num_channels), width=int(c.hidden_size),
         depth=int(c.num_hidden_layers), num_heads=int(c.num_attention_heads),
-        mlp_ratio=hidden / c.hidden_size, qkv_bias=bool(c.qkv_bias), proj_bias=True, act=ACTIVATIONS[act],
-        class_token=True, distillation_token=family == "deit", pos_embed=True,
-        layer_scale=family == "dinov2", layer_norm_eps=float(c.layer_norm_eps), num_classes=num_classes,
-        pool="token", **preprocessing(folder, in_channels=int(c.num_channels)))
+        mlp_ratio=hidden / c.hidden_size, qkv_bias=bool(getattr(c, "qkv_bias", True)), proj_bias=True,
+        act=ACTIVATIONS[act], class_token=family != "siglip", distillation_token=family == "deit",
+        pos_embed=True, pre_norm=family == "clip", layer_scale=family == "dinov2",
+        layer_norm_eps=float(c.layer_norm_eps), num_classes=num_classes,
+        pool="map" if family == "siglip" else "token", **preprocessing(folder, in_channels=int(c.num_channels)))
 
 
 def preprocessing(folder: str | Path | None, in_channels: int = 3) -> dict[str, Any]:

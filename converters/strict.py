@@ -33,15 +33,17 @@ def strict_load(state_dict: Mapping[str, np.ndarray], config: ViTConfig, *,
     """
     abstract = nnx.eval_shape(lambda: ViT(config, rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(abstract)
-    expected = {key_of(path): (path, tuple(var.get_value().shape))
-                for path, var in nnx.to_flat_state(state)}
-    missing = [f"{key} {list(source_layout(path, shape))}"
-               for key, (path, shape) in expected.items() if key not in state_dict]
-    unexpected = [f"{key} {list(state_dict[key].shape)}" for key in state_dict if key not in expected]
-    misshaped = [f"{key}: checkpoint {list(state_dict[key].shape)}, model "
-                 f"{list(source_layout(path, shape))}"
-                 for key, (path, shape) in expected.items()
-                 if key in state_dict and tuple(state_dict[key].shape) != source_layout(path, shape)]
+    # (source key, our path, our shape); one source array may feed several of our parameters
+    # (a fused projection split in two).
+    expected = [(key_of(path), path, tuple(var.get_value().shape)) for path, var in nnx.to_flat_state(state)]
+    keys = {key for key, _, _ in expected}
+    missing = list(dict.fromkeys(f"{key} {list(source_layout(path, shape))}"
+                                 for key, path, shape in expected if key not in state_dict))
+    unexpected = [f"{key} {list(state_dict[key].shape)}" for key in state_dict if key not in keys]
+    misshaped = list(dict.fromkeys(f"{key}: checkpoint {list(state_dict[key].shape)}, model "
+                                   f"{list(source_layout(path, shape))}"
+                                   for key, path, shape in expected
+                                   if key in state_dict and tuple(state_dict[key].shape) != source_layout(path, shape)))
     if missing or unexpected or misshaped:
         parts = [f"{origin} does not match the {config.depth}-layer, width-{config.width}, "
                  f"{config.image_size[0]}x{config.image_size[1]}-pixel architecture:"]
@@ -49,14 +51,13 @@ def strict_load(state_dict: Mapping[str, np.ndarray], config: ViTConfig, *,
                              ("wrong shapes", misshaped)):
             if items:
                 parts.append(f"{title} ({len(items)}): " + "; ".join(items))
-        if ("pos_embed" in state_dict and "pos_embed" in expected
+        if ("pos_embed" in state_dict and "pos_embed" in keys
                 and state_dict["pos_embed"].shape[-1] == config.width
                 and state_dict["pos_embed"].shape[1] != config.pos_embed_length):
             parts.append("(a different pos_embed length usually means a different img_size: "
                          "pass img_size=... with model_name)")
         raise CheckpointError("\n  ".join(parts))
-    values = {path: np.ascontiguousarray(to_ours(path, state_dict[key]))
-              for key, (path, _) in expected.items()}
+    values = {path: np.ascontiguousarray(to_ours(path, state_dict[key])) for key, path, _ in expected}
     pure = nnx.to_pure_dict(state)
     _fill(pure, (), values)
     nnx.replace_by_pure_dict(state, pure)

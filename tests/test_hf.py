@@ -1,4 +1,4 @@
-"""converters.from_hf: Hugging Face transformers ViT, distilled DeiT and DINOv2 against
+"""converters.from_hf: Hugging Face transformers ViT, distilled DeiT, DINOv2, CLIP and SigLIP against
 transformers itself (eager attention), at their own size and another; model directories with
 their image-processor config; refusals by name."""
 
@@ -45,12 +45,17 @@ def _make(case):
         "deit_distilled": lambda: T.DeiTForImageClassificationWithTeacher(
             T.DeiTConfig(**SMALL, intermediate_size=96, num_labels=5)),
         "dinov2": lambda: T.Dinov2Model(T.Dinov2Config(**SMALL, mlp_ratio=2)),
+        "clip_vision": lambda: T.CLIPVisionModel(T.CLIPVisionConfig(**SMALL, intermediate_size=96)),
+        "clip_vision_projection": lambda: T.CLIPVisionModelWithProjection(
+            T.CLIPVisionConfig(**SMALL, intermediate_size=96, projection_dim=16)),
+        "siglip_vision": lambda: T.SiglipVisionModel(T.SiglipVisionConfig(**SMALL, intermediate_size=96)),
     }
     torch.manual_seed(0)
     return _randomize(build[case]())
 
 
-CASES = ["vit_classifier", "vit_backbone_with_pooler", "vit_no_qkv_bias_tanh_gelu", "deit_distilled", "dinov2"]
+CASES = ["vit_classifier", "vit_backbone_with_pooler", "vit_no_qkv_bias_tanh_gelu", "deit_distilled", "dinov2",
+         "clip_vision", "clip_vision_projection", "siglip_vision"]
 
 
 @pytest.mark.parametrize("size", [None, (48, 40), (24, 24)], ids=["own", "up_rect", "down"])
@@ -78,6 +83,10 @@ def test_configs_read_from_transformers():
     assert (config.layer_scale, config.num_classes, config.mlp_ratio, config.layer_norm_eps) == (True, 0, 2.0, 1e-6)
     config = converters.config_from_hf(_make("vit_no_qkv_bias_tanh_gelu"))
     assert (config.qkv_bias, config.act, config.layer_norm_eps) == (False, "gelu_tanh", 1e-12)
+    config = converters.config_from_hf(_make("clip_vision_projection"))
+    assert (config.pre_norm, config.act, config.num_classes, config.pool) == (True, "quick_gelu", 16, "token")
+    config = converters.config_from_hf(_make("siglip_vision"))
+    assert (config.class_token, config.pool, config.act, config.num_prefix_tokens) == (False, "map", "gelu_tanh", 0)
 
 
 def _save(module, folder, processor):
