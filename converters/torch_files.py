@@ -33,8 +33,8 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".npz":
-        raise CheckpointError(f"{path}: original JAX .npz ViT checkpoints are not read directly; "
-                              "load them into timm (model.load_pretrained(path)) and convert the module")
+        raise CheckpointError(f"{path}: a Google JAX .npz ViT checkpoint is not a timm file; read it with "
+                              "converters.from_npz (vit-va convert and vit-va sweep --model read .npz files)")
     if suffix not in TORCH_SUFFIXES + SAFETENSORS_SUFFIXES:
         raise CheckpointError(f"{path}: unknown checkpoint format {suffix!r}; expected one of "
                               f"{TORCH_SUFFIXES + SAFETENSORS_SUFFIXES}")

@@ -62,6 +62,10 @@ def _convert(args: argparse.Namespace) -> int:
     if hf:
         source, _ = converters.hf_module(args.source)
         model = converters.from_hf(args.source, image_size=args.image_size)
+    elif str(args.source).lower().endswith(".npz"):
+        # Checked against timm's own npz loader reading the same file.
+        source = converters.timm_reference(args.source, image_size=args.image_size)
+        model = converters.from_npz(args.source, image_size=args.image_size)
     else:
         source = converters.source_module(args.source, model_name=args.model_name, **kwargs)
         if args.image_size is not None:
@@ -209,8 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Convert a timm ViT (hub name, or a .safetensors/.pth/.bin file with "
                     "--model-name) into a vit_jax_va checkpoint directory (Orbax + config JSON), "
                     "then check the converted model against timm on random inputs.")
-    convert.add_argument("source", help="timm model name (needs network), timm checkpoint file, or "
-                                        "Hugging Face model directory (config.json + weights)")
+    convert.add_argument("source", help="timm model name (needs network), timm checkpoint file, "
+                                        "Hugging Face model directory (config.json + weights), or "
+                                        "Google .npz checkpoint")
     convert.add_argument("out", help="output checkpoint directory")
     convert.add_argument("--model-name", help="timm architecture of a checkpoint file, "
                                               "e.g. vit_base_patch16_224")

@@ -3,8 +3,9 @@
 One resolution for every front end: `vit-va sweep`, the explorer's demo sweep, notebooks.
 
 - model: "demo" (the shipped model), a vit_jax_va checkpoint directory, a Hugging Face model
-  directory (`config.json` and weights; the `[hf]` extra), or a timm model name or checkpoint
-  file (the `[timm]` extra); all but the first two are converted on the fly;
+  directory (`config.json` and weights; the `[hf]` extra), a Google `.npz` checkpoint, or a timm
+  model name or checkpoint file (the `[timm]` extra); all but the first two are converted on
+  the fly;
 - data: "demo" (the shipped images), a folder of images (class sub-folders or flat), a folder
   of MNIST-style IDX files (its test split), a `.txt` list of image paths, or one image file.
 """
@@ -70,6 +71,11 @@ def resolve_model(spec: str, model_name: str | None = None) -> ViT:
         return converters.from_hf(spec)
     if path.is_dir():
         return checkpoint.load(path)
+    if path.is_file() and path.suffix.lower() == ".npz":
+        require_timm(f"--model {spec!r} (a Google .npz checkpoint)")
+        import converters
+
+        return converters.from_npz(path)
     require_timm(f"--model {spec!r} (not a vit_jax_va checkpoint directory, so a timm model "
                  "name or file to convert)")
     import converters
