@@ -16,21 +16,29 @@ def timm_forward(timm_model: Any, images_nchw: Any) -> tuple[np.ndarray, np.ndar
 
     With fused attention off, the attention timm computed is read at `attn.attn_drop`'s input;
     with it on (scaled_dot_product_attention never forms the matrix), it is recomputed from the
-    query and key timm produced, read at `attn.q_norm`/`attn.k_norm`.
+    query and key timm produced, read at `attn.q_norm`/`attn.k_norm`. An attention without
+    those (BEiT's, whose logits also carry a position bias) runs unfused for the capture.
     Returns logits `[B, K]` and attention `[B, L, H, T, T]` as numpy.
     """
     import torch
 
     captured: dict[tuple[int, str], torch.Tensor] = {}
     hooks = []
+    unfused = [block.attn for block in timm_model.blocks
+               if not hasattr(block.attn, "q_norm") and getattr(block.attn, "fused_attn", False)]
     for layer, block in enumerate(timm_model.blocks):
         for name in ("q_norm", "k_norm", "attn_drop"):
-            hooks.append(getattr(block.attn, name).register_forward_hook(
-                lambda _m, args, out, key=(layer, name): captured.__setitem__(key, out)))
+            if hasattr(block.attn, name):
+                hooks.append(getattr(block.attn, name).register_forward_hook(
+                    lambda _m, args, out, key=(layer, name): captured.__setitem__(key, out)))
     try:
+        for attn in unfused:
+            attn.fused_attn = False
         with torch.inference_mode():
             logits = timm_model.eval()(images_nchw)
     finally:
+        for attn in unfused:
+            attn.fused_attn = True
         for hook in hooks:
             hook.remove()
     attention = []

@@ -19,6 +19,7 @@ import numpy as np
 from flax import nnx
 
 from converters.strict import strict_load
+from converters.timm_beit import from_beit_names, is_beit_state_dict
 from converters.timm_config import UnsupportedModelError, config_from_timm, create_timm_model
 from converters.timm_names import timm_key, timm_layout, to_ours, to_torch_layout
 from converters.torch_files import local_file, numpy_state_dict, read_state_dict
@@ -172,6 +173,8 @@ def _create_architecture(model_name: str, state_dict: Mapping[str, np.ndarray],
 
 def _from_state_dict(state_dict: Mapping[str, np.ndarray], config: ViTConfig,
                      origin: str = "the state dict") -> ViT:
+    if is_beit_state_dict(state_dict):
+        state_dict = from_beit_names(state_dict)
     return strict_load(state_dict, config, key_of=timm_key, to_ours=to_ours,
                        source_layout=timm_layout, origin=origin)
 

@@ -27,7 +27,6 @@ def config_from_timm(model: Any) -> ViTConfig:
     constructor arguments, so settings that leave no trace in them (drop rates, init schemes,
     `fused_attn`) cannot change what it converts.
     """
-    import timm
     import torch.nn as nn
     from timm.layers import AttentionPoolLatent, LayerScale, Mlp, PatchEmbed
     from timm.models.vision_transformer import Attention, Block, VisionTransformer
@@ -36,6 +35,10 @@ def config_from_timm(model: Any) -> ViTConfig:
         raise UnsupportedModelError(
             f"{type(model).__name__}: {setting} is not supported by vit_jax_va.ViT")
 
+    from timm.models.beit import Beit
+
+    if isinstance(model, Beit):
+        return _config_from_beit(model, refuse)
     if not isinstance(model, VisionTransformer):
         refuse(f"model class {type(model).__module__}.{type(model).__name__} "
                "(only timm VisionTransformer and VisionTransformerDistilled are)")
@@ -115,17 +118,8 @@ def config_from_timm(model: Any) -> ViTConfig:
         if not isinstance(getattr(model, name), (nn.Linear, nn.Identity)):
             refuse(f"{name} type {type(getattr(model, name)).__name__}")
 
-    data = timm.data.resolve_data_config({}, model=model)
-    in_channels = model.patch_embed.proj.in_channels
-    mean, std = tuple(data["mean"]), tuple(data["std"])
-    if len(mean) != in_channels:
-        # timm keeps RGB statistics for models adapted to other channel counts; use their mean.
-        mean, std = (float(np.mean(mean)),) * in_channels, (float(np.mean(std)),) * in_channels
     return ViTConfig(
-        image_size=tuple(model.patch_embed.img_size),
-        patch_size=tuple(model.patch_embed.patch_size),
-        in_channels=in_channels,
-        width=model.embed_dim,
+        **_embedding_and_preprocessing(model),
         depth=len(blocks),
         num_heads=first.attn.num_heads,
         mlp_ratio=first.mlp.fc1.out_features / model.embed_dim,
@@ -145,13 +139,53 @@ def config_from_timm(model: Any) -> ViTConfig:
         pool_include_prefix=bool(model.pool_include_prefix),
         layer_scale=isinstance(first.ls1, LayerScale),
         layer_norm_eps=eps,
-        num_classes=model.num_classes,
-        mean=mean,
-        std=std,
-        interpolation=data["interpolation"],
-        crop_fraction=float(data["crop_pct"]),
-        crop_mode=data.get("crop_mode", "center"),
     )
+
+
+def _embedding_and_preprocessing(model: Any) -> dict[str, Any]:
+    """The `ViTConfig` fields every timm ViT family reads alike: image and patch size, channels,
+    width, classes, and the eval preprocessing of its pretrained config."""
+    import timm
+
+    data = timm.data.resolve_data_config({}, model=model)
+    in_channels = model.patch_embed.proj.in_channels
+    mean, std = tuple(data["mean"]), tuple(data["std"])
+    if len(mean) != in_channels:
+        # timm keeps RGB statistics for models adapted to other channel counts; use their mean.
+        mean, std = (float(np.mean(mean)),) * in_channels, (float(np.mean(std)),) * in_channels
+    return dict(image_size=tuple(model.patch_embed.img_size), patch_size=tuple(model.patch_embed.patch_size),
+                in_channels=in_channels, width=model.embed_dim, num_classes=model.num_classes, mean=mean, std=std,
+                interpolation=data["interpolation"], crop_fraction=float(data["crop_pct"]),
+                crop_mode=data.get("crop_mode", "center"))
+
+
+def _config_from_beit(model: Any, refuse: Any) -> ViTConfig:
+    """A timm `Beit`: its blocks and pooling (`converters.timm_beit`), its norms and
+    activation checked as a ViT's are."""
+    import torch.nn as nn
+    from timm.layers import PatchEmbed
+
+    from converters.timm_beit import beit_fields
+
+    if type(model.patch_embed) is not PatchEmbed or not isinstance(model.patch_embed.norm, nn.Identity):
+        refuse(f"patch embedding {type(model.patch_embed).__name__} with a norm")
+    first = model.blocks[0]
+    eps = _layer_norm_eps(first.norm1, "blocks.0.norm1", refuse)
+    act = _activation(first.mlp.act, "blocks.0.mlp", refuse)
+    for i, block in enumerate(model.blocks):
+        for name in ("norm1", "norm2"):
+            if _layer_norm_eps(getattr(block, name), f"blocks.{i}.{name}", refuse) != eps:
+                refuse(f"blocks.{i}.{name} eps differing from blocks.0.norm1")
+        if _activation(block.mlp.act, f"blocks.{i}.mlp", refuse) != act:
+            refuse(f"blocks.{i}.mlp activation differing from blocks.0")
+    for name in ("norm", "fc_norm"):
+        module = getattr(model, name)
+        if not isinstance(module, nn.Identity) and _layer_norm_eps(module, name, refuse) != eps:
+            refuse(f"{name} eps differing from the blocks'")
+    if not isinstance(model.head, (nn.Linear, nn.Identity)):
+        refuse(f"head type {type(model.head).__name__}")
+    return ViTConfig(**_embedding_and_preprocessing(model), **beit_fields(model, refuse), act=act,
+                     layer_norm_eps=eps)
 
 
 def _activation(module: Any, where: str, refuse: Any) -> str:
@@ -208,6 +242,9 @@ def timm_kwargs(config: ViTConfig) -> dict[str, Any]:
     """Constructor kwargs for timm's `VisionTransformer` (or the distilled one) for `config`."""
     if config.mlp_hidden != config.width * config.mlp_ratio:
         raise ValueError(f"mlp_ratio={config.mlp_ratio} gives a fractional MLP width")
+    if config.rel_pos_bias:
+        raise ValueError("rel_pos_bias=True (BEiT): timm's VisionTransformer has no relative position "
+                         "bias, so create_timm_model and to_timm do not write BEiT models")
     kwargs = dict(
         img_size=config.image_size, patch_size=config.patch_size, in_chans=config.in_channels,
         num_classes=config.num_classes, global_pool=config.pool, embed_dim=config.width,

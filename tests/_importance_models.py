@@ -25,6 +25,8 @@ CONFIGS = {
     "qk_norm_quick_gelu": ViTConfig(**{**TINY, "depth": 2}, qk_norm=True, act="quick_gelu"),
     # SigLIP's layout: attention pooling, no class token.
     "map_gelu_tanh": ViTConfig(**{**TINY, "depth": 2}, pool="map", class_token=False, act="gelu_tanh"),
+    # BEiT's layout: relative position bias, no absolute position embedding, class-token pooling.
+    "rel_pos_bias": ViTConfig(**{**TINY, "depth": 2}, rel_pos_bias=True, pos_embed=False, layer_scale=True),
 }
 
 

@@ -69,13 +69,19 @@ def test_config_read_from_timm():
     assert config.distillation_token and config.num_prefix_tokens == 2
     config = converters.config_from_timm(make_case("qk_norm_quick_gelu"))
     assert (config.qk_norm, config.act, config.pool) == (True, "quick_gelu", "token")
+    config = converters.config_from_timm(make_case("beit_rel_pos_token_rect_headless"))
+    assert (config.rel_pos_bias, config.pool, config.layer_scale, config.pos_embed, config.grid) == (
+        True, "token", True, False, (4, 5))
     config = converters.config_from_timm(make_case("map_no_class_token_gelu_tanh"))
     assert (config.qk_norm, config.act, config.pool, config.num_prefix_tokens) == (False, "gelu_tanh", "map", 0)
 
 
-@pytest.mark.parametrize("value", [0.0, 0.3])
-@pytest.mark.parametrize("case", ["token", "registers_no_embed_class_layer_scale", "distilled",
-                                  "qk_norm_quick_gelu", "map_no_class_token_gelu_tanh"])
+@pytest.mark.parametrize("case, value", [
+    *((case, value) for case in ("token", "registers_no_embed_class_layer_scale", "distilled",
+                                 "qk_norm_quick_gelu", "map_no_class_token_gelu_tanh") for value in (0.0, 0.3)),
+    # BEiT's layer scale (N(0, 0.1) here) damps a head: only pruning it whole moves the logits
+    # far enough for the check below to have power.
+    ("beit_rel_pos_avg", 0.0)])
 def test_head_mask_scales_the_heads_slice_of_the_projection_input(case, value):
     """Ours: head_mask[l, h] = value. timm: a pre-hook scales that head's slice of attn.proj's input."""
     timm_model = make_case(case)
@@ -194,6 +200,17 @@ def test_missing_unexpected_and_misshaped_keys_are_each_named():
 def test_unsupported_settings_are_refused_by_name(kwargs, setting):
     with pytest.raises(UnsupportedModelError, match=setting):
         converters.from_timm(make_case("token", **kwargs))
+
+
+def test_a_shared_relative_position_bias_is_refused():
+    with pytest.raises(UnsupportedModelError, match="use_shared_rel_pos_bias"):
+        converters.from_timm(make_case("beit_rel_pos_avg", use_rel_pos_bias=False, use_shared_rel_pos_bias=True))
+
+
+def test_beit_models_are_not_written_back_to_timm():
+    model = converters.from_timm(make_case("beit_rel_pos_avg"))
+    with pytest.raises(ValueError, match="rel_pos_bias=True"):
+        converters.create_timm_model(model.config, converters.to_timm(model))
 
 
 def test_unsupported_architecture_class_is_refused():

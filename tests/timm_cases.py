@@ -33,12 +33,19 @@ CASES = {
         "VisionTransformer", {**TINY, "class_token": False, "global_pool": "map", "act_layer": "gelu_tanh"}),
     "map_registers_layer_scale": (
         "VisionTransformer", {**TINY, "global_pool": "map", "reg_tokens": 2, "init_values": 1e-5}),
+    # BEiT: relative position bias, layer scale as gamma_1/gamma_2, q/v biases without a k bias.
+    "beit_rel_pos_avg": ("Beit", {**TINY, "use_abs_pos_emb": False, "use_rel_pos_bias": True, "init_values": 0.1}),
+    "beit_rel_pos_token_rect_headless": (
+        "Beit", {**TINY, "img_size": (32, 40), "use_abs_pos_emb": False, "use_rel_pos_bias": True,
+                 "global_pool": "token", "num_classes": 0, "init_values": 0.1}),
+    "beit_abs_pos_no_qkv_bias": ("Beit", {**TINY, "use_abs_pos_emb": True, "use_rel_pos_bias": False,
+                                           "qkv_bias": False, "init_values": None}),
 }
 
 # Real timm architectures (random init): names as users pass them.
 NAMED = ["vit_tiny_patch16_224", "deit_tiny_distilled_patch16_224", "deit3_small_patch16_224",
          "vit_little_patch16_reg4_gap_256", "vit_base_patch32_clip_quickgelu_224",
-         "vit_base_patch32_siglip_256"]
+         "vit_base_patch32_siglip_256", "beitv2_base_patch16_224"]
 
 
 def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -51,12 +58,13 @@ def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 
 
 def make_case(name: str, seed: int = 0, **overrides) -> torch.nn.Module:
+    from timm.models.beit import Beit
     from timm.models.deit import VisionTransformerDistilled
     from timm.models.vision_transformer import VisionTransformer
 
     cls_name, kwargs = CASES[name]
-    cls = {"VisionTransformer": VisionTransformer,
-           "VisionTransformerDistilled": VisionTransformerDistilled}[cls_name]
+    cls = {"VisionTransformer": VisionTransformer, "VisionTransformerDistilled": VisionTransformerDistilled,
+           "Beit": Beit}[cls_name]
     torch.manual_seed(seed)
     return randomize(cls(**{**kwargs, **overrides}), seed)
 

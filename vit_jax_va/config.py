@@ -46,6 +46,10 @@ class ViTConfig:
       qk_norm: LayerNorm over the head dim on every head's queries and keys (timm `qk_norm`;
         one norm per block for all heads), before the scaled product.
       act: the MLP activation, one of `ACTIVATIONS` (timm `act_layer`).
+      rel_pos_bias: BEiT's relative position bias: each block learns a bias per head for every
+        (query, key) offset on the patch grid, plus three for class -> patch, patch -> class
+        and class -> class, added to the attention logits before the softmax. Needs the class
+        token as the only prefix token.
       class_token: prepend a learned class token.
       distillation_token: DeiT's distillation token (token 1) and its second head.
       num_register_tokens: learned register tokens after the class token.
@@ -78,6 +82,7 @@ class ViTConfig:
     proj_bias: bool = True
     qk_norm: bool = False
     act: str = "gelu"
+    rel_pos_bias: bool = False
     class_token: bool = True
     distillation_token: bool = False
     num_register_tokens: int = 0
@@ -116,6 +121,8 @@ class ViTConfig:
             problems.append(f"pool={self.pool!r} is not one of {POOLS}")
         if self.act not in ACTIVATIONS:
             problems.append(f"act={self.act!r} is not one of {ACTIVATIONS}")
+        if self.rel_pos_bias and not (self.class_token and self.num_prefix_tokens == 1):
+            problems.append("rel_pos_bias=True needs the class token as the only prefix token")
         if self.pool == "token" and not self.class_token:
             problems.append("pool='token' needs class_token=True")
         if self.distillation_token and not self.class_token:

@@ -14,11 +14,13 @@ H heads, D head dim, L layers, K classes.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from vit_jax_va.config import ViTConfig
@@ -96,10 +98,29 @@ class LayerScale(nnx.Module):
         return x * self.gamma[...].reshape((1,) * (x.ndim - 1) + (-1,))
 
 
-def _softmax_attention(q: jax.Array, k: jax.Array, head_dim: int) -> jax.Array:
-    """Post-softmax attention `[B, R, T]` of queries `[B, R, D]` over keys `[B, T, D]`. timm
-    scales q before the product; doing the same keeps rounding identical."""
-    return jax.nn.softmax((q * jnp.float32(head_dim ** -0.5)) @ k.swapaxes(-1, -2), axis=-1)
+def _softmax_attention(q: jax.Array, k: jax.Array, head_dim: int, bias: jax.Array | None = None) -> jax.Array:
+    """Post-softmax attention `[B, R, T]` of queries `[B, R, D]` over keys `[B, T, D]`, with an
+    optional `[1, R, T]` bias on the logits. timm scales q before the product; doing the same
+    keeps rounding identical."""
+    logits = (q * jnp.float32(head_dim ** -0.5)) @ k.swapaxes(-1, -2)
+    return jax.nn.softmax(logits if bias is None else logits + bias, axis=-1)
+
+
+@functools.lru_cache(maxsize=16)
+def relative_position_index(grid: tuple[int, int]) -> np.ndarray:
+    """BEiT's `[T, T]` index into the relative position bias table (T = 1 + rows * cols, the
+    class token first): patch pairs by their (row, col) offset, then one entry each for class
+    -> patch (row 0), patch -> class (column 0) and class -> class."""
+    rows, cols = grid
+    r, c = np.divmod(np.arange(rows * cols), cols)
+    offsets = (r[:, None] - r[None, :] + rows - 1) * (2 * cols - 1) + (c[:, None] - c[None, :] + cols - 1)
+    size = (2 * rows - 1) * (2 * cols - 1)
+    index = np.empty((rows * cols + 1,) * 2, np.int32)
+    index[1:, 1:] = offsets
+    index[0, :] = size
+    index[:, 0] = size + 1
+    index[0, 0] = size + 2
+    return index
 
 
 class Attention(nnx.Module):
@@ -126,6 +147,13 @@ class Attention(nnx.Module):
         norm = lambda: nnx.LayerNorm(config.head_dim, epsilon=config.layer_norm_eps, rngs=rngs)  # noqa: E731
         self.q_norm = norm() if config.qk_norm else None
         self.k_norm = norm() if config.qk_norm else None
+        if config.rel_pos_bias:
+            rows, cols = config.grid
+            self.relative_position_bias_table = nnx.Param(
+                _linear_init(rngs.params(), ((2 * rows - 1) * (2 * cols - 1) + 3, config.num_heads)))
+            self.grid = tuple(config.grid)  # the index is computed from it: static, not state
+        else:
+            self.relative_position_bias_table = None
         self.proj = _linear(config.width, config.width, config.proj_bias, rngs)
 
     def heads(self, x: jax.Array, rows: int | None = None,
@@ -143,6 +171,10 @@ class Attention(nnx.Module):
         b, t, _ = x.shape
         heads, head_dim = self.num_heads, self.head_dim
         qkv = self.qkv(_rows(x)).reshape(b, t, 3, heads, head_dim)
+        bias = None
+        if self.relative_position_bias_table is not None:
+            index = relative_position_index(self.grid)[slice(rows)]
+            bias = self.relative_position_bias_table[...][index]  # [R, T, H]
 
         out = []
         for h in range(heads):
@@ -151,7 +183,7 @@ class Attention(nnx.Module):
                 q = q[:, :rows]
             if self.q_norm is not None:
                 q, k = self.q_norm(q), self.k_norm(k)
-            attention = _softmax_attention(q, k, head_dim)
+            attention = _softmax_attention(q, k, head_dim, None if bias is None else bias[None, :, :, h])
             if region_mask is not None:
                 attention = attention * region_mask[h, :q.shape[1]][None]
             out.append((attention, v))
