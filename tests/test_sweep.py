@@ -87,10 +87,14 @@ def test_store_holds_what_the_library_computes(in_memory_run):
     assert run.manifest["complete"] and not (out / "chunks").exists()
 
 
-def test_a_siglip_layout_model_sweeps_end_to_end(tmp_path):
-    """No class token, attention pooling, qk-norm and QuickGELU: the store holds what the
-    library computes, and the CLS pattern space, which needs a class token, is left out."""
-    config = CONFIG.replace(pool="map", class_token=False, qk_norm=True, act="quick_gelu")
+@pytest.mark.parametrize("family", ["siglip_layout", "beit_layout"])
+def test_new_families_sweep_end_to_end(family, tmp_path):
+    """SigLIP's layout (no class token, attention pooling) with qk-norm and QuickGELU, and
+    BEiT's (relative position bias, layer scale, no absolute positions): the store holds what
+    the library computes; the CLS pattern space, which needs a class token, is there only with
+    one."""
+    config = {"siglip_layout": CONFIG.replace(pool="map", class_token=False, qk_norm=True, act="quick_gelu"),
+              "beit_layout": CONFIG.replace(rel_pos_bias=True, pos_embed=False, layer_scale=True)}[family]
     model, dataset = random_vit(config, seed=1), _random_pixels()
     Sweep(model, usable_images(dataset), tmp_path / "r", options=SweepOptions(**SMALL), progress=False,
           log=lambda _: None).run()
@@ -100,10 +104,11 @@ def test_a_siglip_layout_model_sweeps_end_to_end(tmp_path):
     for key in ("prob", "kl", "baseline_prob"):
         np.testing.assert_allclose(run.array("importance", key), getattr(ablation, key), atol=1e-6, err_msg=key)
     attention = model(jnp.asarray(images), return_attention=True).attention
-    assert attention.shape[-1] == config.num_patches == 16
-    entropy = vit_jax_va.head_entropy(vit_jax_va.hop_profile(attention, config.grid, 0))
+    assert attention.shape[-1] == config.num_tokens == config.num_prefix_tokens + 16
+    entropy = vit_jax_va.head_entropy(vit_jax_va.hop_profile(attention, config.grid, config.num_prefix_tokens))
     np.testing.assert_allclose(run.array("strength", "entropy"), entropy, atol=1e-5)
-    assert "patterns/patch" in run.groups() and "patterns/cls" not in run.groups()
+    assert "patterns/patch" in run.groups()
+    assert ("patterns/cls" in run.groups()) == config.class_token
     assert run.manifest["complete"]
 
 
