@@ -29,7 +29,8 @@ FUSED = "qkv"
 
 def from_hf(source: Any, *, image_size: int | tuple[int, int] | None = None) -> ViT:
     """Convert a transformers `ViTModel`/`ViTForImageClassification`,
-    `DeiTForImageClassificationWithTeacher`, `Dinov2Model`, `CLIPVisionModel`/
+    `DeiTForImageClassificationWithTeacher`, `Dinov2Model`, `Dinov2WithRegistersModel`,
+    `CLIPVisionModel`/
     `CLIPVisionModelWithProjection` (the projection is the head: `image_embeds`) or
     `SiglipVisionModel` (attention pooling) to a `vit_jax_va.ViT`.
 
@@ -49,12 +50,17 @@ def from_hf(source: Any, *, image_size: int | tuple[int, int] | None = None) -> 
     config = config_from_hf(module, folder)
     state_dict = hf_state_dict(module)
     keys = _keys(module)
+    pos = state_dict[keys["pos_embed"]]
+    positioned_prefix = pos.reshape(-1, config.width).shape[0] - config.num_patches  # tokens before the patches
     if image_size is not None:
         size = (image_size, image_size) if isinstance(image_size, int) else tuple(int(v) for v in image_size)
         config = config.replace(image_size=size)
-        own = state_dict[keys["pos_embed"]]
-        state_dict[keys["pos_embed"]] = _interpolated_pos_embed(module, config).reshape(-1, *own.shape[-1:]) \
-            if own.ndim == 2 else _interpolated_pos_embed(module, config)
+        resized = _interpolated_pos_embed(module, config, positioned_prefix)
+        state_dict[keys["pos_embed"]] = resized.reshape(-1, config.width) if pos.ndim == 2 else resized
+    if config.num_register_tokens:  # DINOv2 with registers: the class position into the class token
+        pos = state_dict[keys["pos_embed"]]
+        state_dict[keys["cls_token"]] = state_dict[keys["cls_token"]] + pos[:, :1]
+        state_dict[keys["pos_embed"]] = pos[:, 1:]
     shapes = {k: tuple(v.shape) for k, v in state_dict.items()}
     return strict_load(state_dict, config, key_of=lambda path: _hf_key(path, keys), to_ours=_to_ours,
                        source_layout=_source_layout(shapes, keys),
@@ -129,7 +135,7 @@ def _keys(module: Any) -> dict[str, str]:
                 "norm2": "layer_norm2", "attn": "self_attn", "proj": "out_proj", "attn_pool": f"{p}head"}
     else:
         keys = {"cls_token": f"{p}embeddings.cls_token", "dist_token": f"{p}embeddings.distillation_token",
-                "pos_embed": f"{p}embeddings.position_embeddings",
+                "reg_token": f"{p}embeddings.register_tokens", "pos_embed": f"{p}embeddings.position_embeddings",
                 "patch_embed": f"{p}embeddings.patch_embeddings.projection", "norm": f"{p}layernorm",
                 "blocks": f"{p}encoder.layer" if family == "dinov2" else f"{p}layers",
                 "norm1": "norm1" if family == "dinov2" else "layernorm_before",
@@ -152,7 +158,7 @@ def _hf_key(path: tuple[Any, ...], keys: dict[str, str]) -> str:
     *parents, leaf = (str(p) for p in path)
     leaf = {"kernel": "weight", "scale": "weight"}.get(leaf, leaf)
     first = parents[0] if parents else leaf
-    if first in ("cls_token", "dist_token", "pos_embed"):
+    if first in ("cls_token", "dist_token", "reg_token", "pos_embed"):
         return keys[first]
     if first in ("patch_embed", "norm_pre", "norm", "head", "head_dist"):
         return f"{keys[first]}.{leaf}"
@@ -204,15 +210,16 @@ def _source_layout(shapes: dict[str, tuple[int, ...]], keys: dict[str, str]):
     return layout
 
 
-def _interpolated_pos_embed(module: Any, config) -> np.ndarray:
+def _interpolated_pos_embed(module: Any, config, positioned_prefix: int) -> np.ndarray:
     """The module's position embedding for `config.image_size`, interpolated by its own
-    `embeddings.interpolate_pos_encoding`."""
+    `embeddings.interpolate_pos_encoding` (`positioned_prefix`: the tokens before the patches
+    that have a position)."""
     import torch
 
     _, backbone, _ = family_of(module)
     embeddings = (getattr(module, backbone) if backbone else module).embeddings
     height, width = config.image_size
-    tokens = config.num_prefix_tokens + config.num_patches
+    tokens = positioned_prefix + config.num_patches
     with torch.no_grad():
         dummy = torch.zeros(1, tokens, config.width)
         pos = embeddings.interpolate_pos_encoding(dummy, height, width)

@@ -19,6 +19,7 @@ MODELS = {
     "ViTForImageClassification": ("vit", "vit", ("classifier",)),
     "DeiTForImageClassificationWithTeacher": ("deit", "deit", ("cls_classifier", "distillation_classifier")),
     "Dinov2Model": ("dinov2", "", ()),
+    "Dinov2WithRegistersModel": ("dinov2", "", ()),
     "CLIPVisionModel": ("clip", "", ()),
     "CLIPVisionModelWithProjection": ("clip", "vision_model", ("visual_projection",)),
     "SiglipVisionModel": ("siglip", "", ()),
@@ -79,11 +80,15 @@ def config_from_hf(module: Any, folder: str | Path | None = None) -> ViTConfig:
         refuse("vision_use_head=False (features without the attention-pooling head)")
     size = _pair(c.image_size)
     patch = _pair(c.patch_size)
+    # DINOv2's registers come after the class token and get no position; the class token's
+    # position is folded into it (`converters.hf`), so that no prefix token has one.
+    registers = int(getattr(c, "num_register_tokens", 0) or 0) if family == "dinov2" else 0
     return ViTConfig(
         image_size=size, patch_size=patch, in_channels=int(c.num_channels), width=int(c.hidden_size),
         depth=int(c.num_hidden_layers), num_heads=int(c.num_attention_heads),
         mlp_ratio=hidden / c.hidden_size, qkv_bias=bool(getattr(c, "qkv_bias", True)), proj_bias=True,
         act=ACTIVATIONS[act], class_token=family != "siglip", distillation_token=family == "deit",
+        num_register_tokens=registers, no_embed_class=registers > 0,
         pos_embed=True, pre_norm=family == "clip", layer_scale=family == "dinov2",
         layer_norm_eps=float(c.layer_norm_eps), num_classes=num_classes,
         pool="map" if family == "siglip" else "token", **preprocessing(folder, in_channels=int(c.num_channels)))

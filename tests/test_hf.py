@@ -45,6 +45,8 @@ def _make(case):
         "deit_distilled": lambda: T.DeiTForImageClassificationWithTeacher(
             T.DeiTConfig(**SMALL, intermediate_size=96, num_labels=5)),
         "dinov2": lambda: T.Dinov2Model(T.Dinov2Config(**SMALL, mlp_ratio=2)),
+        "dinov2_registers": lambda: T.Dinov2WithRegistersModel(
+            T.Dinov2WithRegistersConfig(**SMALL, mlp_ratio=2, num_register_tokens=2)),
         "clip_vision": lambda: T.CLIPVisionModel(T.CLIPVisionConfig(**SMALL, intermediate_size=96)),
         "clip_vision_projection": lambda: T.CLIPVisionModelWithProjection(
             T.CLIPVisionConfig(**SMALL, intermediate_size=96, projection_dim=16)),
@@ -55,7 +57,7 @@ def _make(case):
 
 
 CASES = ["vit_classifier", "vit_backbone_with_pooler", "vit_no_qkv_bias_tanh_gelu", "deit_distilled", "dinov2",
-         "clip_vision", "clip_vision_projection", "siglip_vision"]
+         "dinov2_registers", "clip_vision", "clip_vision_projection", "siglip_vision"]
 
 
 @pytest.mark.parametrize("size", [None, (48, 40), (24, 24)], ids=["own", "up_rect", "down"])
@@ -83,6 +85,8 @@ def test_configs_read_from_transformers():
     assert (config.layer_scale, config.num_classes, config.mlp_ratio, config.layer_norm_eps) == (True, 0, 2.0, 1e-6)
     config = converters.config_from_hf(_make("vit_no_qkv_bias_tanh_gelu"))
     assert (config.qkv_bias, config.act, config.layer_norm_eps) == (False, "gelu_tanh", 1e-12)
+    config = converters.config_from_hf(_make("dinov2_registers"))
+    assert (config.num_register_tokens, config.num_prefix_tokens, config.no_embed_class) == (2, 3, True)
     config = converters.config_from_hf(_make("clip_vision_projection"))
     assert (config.pre_norm, config.act, config.num_classes, config.pool) == (True, "quick_gelu", 16, "token")
     config = converters.config_from_hf(_make("siglip_vision"))
