@@ -141,6 +141,8 @@ def _keys(module: Any) -> dict[str, str]:
                 "norm1": "norm1" if family == "dinov2" else "layernorm_before",
                 "norm2": "norm2" if family == "dinov2" else "layernorm_after", "attn": "attention", "proj": "o_proj"}
     keys.update(mask_token=f"{p}embeddings.mask_token", pooler=f"{p}pooler.")
+    if getattr(module.config, "use_swiglu_ffn", False):  # DINOv2 giant's SwiGLU
+        keys.update(fc1_g="gate_proj", fc1_x="up_proj", fc2="down_proj")
     if heads:
         keys["head"] = heads[0]
         if len(heads) > 1:
@@ -172,7 +174,7 @@ def _hf_key(path: tuple[Any, ...], keys: dict[str, str]) -> str:
     if first == "blocks":
         _, layer, *inner = parents
         names = {"norm1": keys["norm1"], "norm2": keys["norm2"], "ls1": "layer_scale1", "ls2": "layer_scale2",
-                 "attn": keys["attn"], "proj": keys["proj"]}
+                 "attn": keys["attn"], "proj": keys["proj"], **{k: keys[k] for k in ("fc1_g", "fc1_x", "fc2") if k in keys}}
         inner = [names.get(n, n) for n in inner]
         if inner and inner[-1] in ("layer_scale1", "layer_scale2"):
             leaf = "lambda1"

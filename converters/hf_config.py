@@ -64,10 +64,11 @@ def config_from_hf(module: Any, folder: str | Path | None = None) -> ViTConfig:
     act = c.hidden_act if isinstance(c.hidden_act, str) else None
     if act not in ACTIVATIONS:
         refuse(f"hidden_act={c.hidden_act!r} (supported: {', '.join(ACTIVATIONS)})")
+    swiglu = family == "dinov2" and bool(getattr(c, "use_swiglu_ffn", False))
     if family == "dinov2":
-        if getattr(c, "use_swiglu_ffn", False):
-            refuse("use_swiglu_ffn=True (the SwiGLU MLP)")
         hidden = int(c.hidden_size * c.mlp_ratio)
+        if swiglu:  # DINOv2 giant: two thirds of the width, rounded up to a multiple of 8
+            hidden = (int(hidden * 2 / 3) + 7) // 8 * 8
     else:
         hidden = int(c.intermediate_size)
     num_classes = 0
@@ -87,7 +88,7 @@ def config_from_hf(module: Any, folder: str | Path | None = None) -> ViTConfig:
         image_size=size, patch_size=patch, in_channels=int(c.num_channels), width=int(c.hidden_size),
         depth=int(c.num_hidden_layers), num_heads=int(c.num_attention_heads),
         mlp_ratio=hidden / c.hidden_size, qkv_bias=bool(getattr(c, "qkv_bias", True)), proj_bias=True,
-        act=ACTIVATIONS[act], class_token=family != "siglip", distillation_token=family == "deit",
+        act=ACTIVATIONS[act], swiglu=swiglu, class_token=family != "siglip", distillation_token=family == "deit",
         num_register_tokens=registers, no_embed_class=registers > 0,
         pos_embed=True, pre_norm=family == "clip", layer_scale=family == "dinov2",
         layer_norm_eps=float(c.layer_norm_eps), num_classes=num_classes,

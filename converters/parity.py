@@ -14,30 +14,34 @@ from vit_jax_va.model import ViT
 def timm_forward(timm_model: Any, images_nchw: Any) -> tuple[np.ndarray, np.ndarray]:
     """Run a timm ViT in eval mode and capture every layer's post-softmax attention.
 
-    With fused attention off, the attention timm computed is read at `attn.attn_drop`'s input;
-    with it on (scaled_dot_product_attention never forms the matrix), it is recomputed from the
-    query and key timm produced, read at `attn.q_norm`/`attn.k_norm`. An attention without
-    those (BEiT's, whose logits also carry a position bias) runs unfused for the capture.
+    With fused attention off, the attention timm computed is read at `attn.attn_drop`'s input.
+    With it on (scaled_dot_product_attention never forms the matrix), it is recomputed from the
+    query and key timm produced, read at `attn.q_norm`/`attn.k_norm`, where that is the query and
+    key the product uses. Where it is not (BEiT's logits carry a position bias; EVA's query and
+    key are rotated after the norm), the logits come from the model as it is set and the
+    attention from a second, unfused run.
     Returns logits `[B, K]` and attention `[B, L, H, T, T]` as numpy.
     """
     import torch
 
     captured: dict[tuple[int, str], torch.Tensor] = {}
     hooks = []
-    unfused = [block.attn for block in timm_model.blocks
-               if not hasattr(block.attn, "q_norm") and getattr(block.attn, "fused_attn", False)]
+    needs_unfused = [block.attn for block in timm_model.blocks
+                     if getattr(block.attn, "fused_attn", False) and not _product_of_norms(timm_model, block.attn)]
     for layer, block in enumerate(timm_model.blocks):
         for name in ("q_norm", "k_norm", "attn_drop"):
             if hasattr(block.attn, name):
                 hooks.append(getattr(block.attn, name).register_forward_hook(
                     lambda _m, args, out, key=(layer, name): captured.__setitem__(key, out)))
     try:
-        for attn in unfused:
-            attn.fused_attn = False
         with torch.inference_mode():
             logits = timm_model.eval()(images_nchw)
+            if needs_unfused:
+                for attn in needs_unfused:
+                    attn.fused_attn = False
+                timm_model(images_nchw)
     finally:
-        for attn in unfused:
+        for attn in needs_unfused:
             attn.fused_attn = True
         for hook in hooks:
             hook.remove()
@@ -49,6 +53,13 @@ def timm_forward(timm_model: Any, images_nchw: Any) -> tuple[np.ndarray, np.ndar
             q = captured[layer, "q_norm"] * block.attn.scale
             attention.append((q @ captured[layer, "k_norm"].transpose(-2, -1)).softmax(-1))
     return logits.numpy(), torch.stack(attention, dim=1).numpy()
+
+
+def _product_of_norms(timm_model: Any, attn: Any) -> bool:
+    """Whether the attention logits of `attn` are exactly q_norm's output times k_norm's."""
+    if not hasattr(attn, "q_norm"):
+        return False  # BEiT: no norms to read, and a relative position bias
+    return getattr(timm_model, "rope", None) is None
 
 
 def parity_report(source: Any, model: ViT, num_images: int = 4, seed: int = 0) -> dict[str, float]:

@@ -19,9 +19,8 @@ import numpy as np
 from flax import nnx
 
 from converters.strict import strict_load
-from converters.timm_beit import from_beit_names, is_beit_state_dict
 from converters.timm_config import UnsupportedModelError, config_from_timm, create_timm_model
-from converters.timm_names import timm_key, timm_layout, to_ours, to_torch_layout
+from converters.timm_names import from_family_names, timm_key, to_family_names, timm_layout, to_ours, to_torch_layout
 from converters.torch_files import local_file, numpy_state_dict, read_state_dict
 from vit_jax_va.checkpoint import CheckpointError
 from vit_jax_va.config import ViTConfig
@@ -122,6 +121,18 @@ def at_image_size(module: Any, image_size: int | tuple[int, int]) -> Any:
     return module
 
 
+def resized(model: ViT, image_size: int | tuple[int, int]) -> ViT:
+    """`model` run at `image_size` pixels, its position embedding resampled by timm (through
+    the timm model of its weights, `create_timm_model(config, to_timm(model))`: a ViT, Beit or
+    Eva); the preprocessing and class names stay."""
+    config = model.config
+    resampled = from_timm(at_image_size(create_timm_model(config, to_timm(model)), image_size))
+    resampled.config = resampled.config.replace(
+        mean=config.mean, std=config.std, interpolation=config.interpolation,
+        crop_fraction=config.crop_fraction, crop_mode=config.crop_mode, class_names=config.class_names)
+    return resampled
+
+
 def _existing_file(source: Any):
     path = local_file(source)
     if path is None:
@@ -173,14 +184,21 @@ def _create_architecture(model_name: str, state_dict: Mapping[str, np.ndarray],
 
 def _from_state_dict(state_dict: Mapping[str, np.ndarray], config: ViTConfig,
                      origin: str = "the state dict") -> ViT:
-    if is_beit_state_dict(state_dict):
-        state_dict = from_beit_names(state_dict)
+    state_dict = from_family_names(state_dict, swiglu=config.swiglu)
     return strict_load(state_dict, config, key_of=timm_key, to_ours=to_ours,
                        source_layout=timm_layout, origin=origin)
 
 
 def to_timm(model: ViT) -> dict[str, np.ndarray]:
     """A timm state dict (numpy float32) that timm's `load_state_dict(strict=True)` accepts for
-    `create_timm_model(model.config)`; `from_timm(to_timm(m), config=m.config)` is bit-exact."""
-    return {timm_key(path): np.ascontiguousarray(to_torch_layout(path, np.asarray(var.get_value())))
-            for path, var in nnx.to_flat_state(nnx.state(model))}
+    `create_timm_model(model.config)` (a `VisionTransformer`, or a `Beit` / `Eva` for a relative
+    position bias / rotary embedding, in their names); `from_timm(to_timm(m), config=m.config)`
+    is bit-exact."""
+    config = model.config
+    state_dict = {timm_key(path): np.ascontiguousarray(to_torch_layout(path, np.asarray(var.get_value())))
+                  for path, var in nnx.to_flat_state(nnx.state(model))}
+    if config.rope:
+        return to_family_names(state_dict, "eva", packed_mlp=config.swiglu and not config.mlp_norm)
+    if config.rel_pos_bias:
+        return to_family_names(state_dict, "beit")
+    return state_dict

@@ -3,54 +3,24 @@
 
 BEiT is a ViT with a relative position bias in every block (`ViTConfig.rel_pos_bias`), layer
 scale as `gamma_1`/`gamma_2` parameters (ours: `ls1.gamma`/`ls2.gamma`) and query and value
-biases without a key bias (ours: one `qkv` bias whose key part is zero)."""
+biases without a key bias (ours: one `qkv` bias whose key part is zero); the names are mapped
+in `converters.timm_names`."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
-
-import numpy as np
-
-
-
-def is_beit_state_dict(state_dict: Mapping[str, Any]) -> bool:
-    """Whether the keys are timm `Beit`'s (`gamma_1`, `attn.q_bias`)."""
-    return any(k.endswith((".gamma_1", ".attn.q_bias")) for k in state_dict)
-
-
-def from_beit_names(state_dict: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """`Beit` keys -> `VisionTransformer` keys: `blocks.i.gamma_1`/`gamma_2` -> `ls1.gamma`/
-    `ls2.gamma`; `attn.q_bias` and `attn.v_bias` -> one `attn.qkv.bias` with a zero key part."""
-    out = {}
-    for key, value in state_dict.items():
-        if key.endswith(".gamma_1") or key.endswith(".gamma_2"):
-            out[key[:-len("gamma_1")] + ("ls1.gamma" if key.endswith("1") else "ls2.gamma")] = value
-        elif key.endswith(".attn.q_bias"):
-            stem = key[:-len("q_bias")]
-            v_bias = state_dict.get(stem + "v_bias")
-            out[stem + "qkv.bias"] = (value if v_bias is None else
-                                      np.concatenate([value, np.zeros_like(value), v_bias]))
-        elif not key.endswith(".attn.v_bias"):
-            out[key] = value
-    return out
 
 
 def beit_fields(model: Any, refuse: Any) -> dict[str, Any]:
     """The block and pooling `ViTConfig` fields of a timm `Beit` (`converters.timm_config`
     reads the embedding, norms, activation and preprocessing as for any timm ViT); refuses
     what `vit_jax_va.ViT` does not compute, by name."""
-    import torch.nn as nn
-    from timm.layers import Mlp
-
     if model.rel_pos_bias is not None:
         refuse("a relative position bias shared by all blocks (use_shared_rel_pos_bias)")
     blocks = list(model.blocks)
     first = blocks[0]
     for i, block in enumerate(blocks):
         attn = block.attn
-        if type(block.mlp) is not Mlp or not isinstance(block.mlp.norm, nn.Identity):
-            refuse(f"blocks.{i}.mlp {type(block.mlp).__name__} (swiglu_mlp / scale_mlp)")
         if attn.qkv_bias_separate:
             refuse(f"blocks.{i}.attn qkv_bias_separate")
         if (attn.relative_position_bias_table is None) != (first.attn.relative_position_bias_table is None):
@@ -66,10 +36,32 @@ def beit_fields(model: Any, refuse: Any) -> dict[str, Any]:
         refuse("a relative position window other than the patch grid")
     if model.global_pool not in ("avg", "token"):
         refuse(f"global_pool={model.global_pool!r}")
+    import torch.nn as nn
+
     return dict(
-        mlp_ratio=first.mlp.fc1.out_features / model.embed_dim,
-        qkv_bias=first.attn.q_bias is not None, proj_bias=True,
+        qkv_bias=first.attn.q_bias is not None,
         rel_pos_bias=table is not None, class_token=True, pos_embed=model.pos_embed is not None,
         final_norm=True, fc_norm=not isinstance(model.fc_norm, nn.Identity), pool=model.global_pool,
         layer_scale=first.gamma_1 is not None, num_heads=first.attn.num_heads, depth=len(blocks))
 
+
+
+def beit_kwargs(config: Any) -> dict[str, Any]:
+    """timm `Beit` constructor kwargs for a `ViTConfig` with a relative position bias; a setting
+    `Beit` cannot take is refused by name (ValueError)."""
+    from converters.timm_config import norm_layer_kwargs, timm_mlp_ratio
+
+    c = config
+    fixed = {"class_token": True, "distillation_token": False, "num_register_tokens": 0, "no_embed_class": False,
+             "pre_norm": False, "qk_norm": False, "proj_bias": True, "final_norm": True, "act": "gelu",
+             "pool_include_prefix": False, "rope": False}
+    wrong = [f"{k}={getattr(c, k)!r}" for k, v in fixed.items() if getattr(c, k) != v]
+    if c.pool not in ("avg", "token"):
+        wrong.append(f"pool={c.pool!r}")
+    if wrong:
+        raise ValueError(f"timm's Beit cannot take {', '.join(wrong)}")
+    return dict(img_size=c.image_size, patch_size=c.patch_size, in_chans=c.in_channels, num_classes=c.num_classes,
+                global_pool=c.pool, embed_dim=c.width, depth=c.depth, num_heads=c.num_heads, qkv_bias=c.qkv_bias,
+                mlp_ratio=timm_mlp_ratio(c), swiglu_mlp=c.swiglu, scale_mlp=c.mlp_norm,
+                init_values=1.0 if c.layer_scale else None, use_abs_pos_emb=c.pos_embed,
+                use_rel_pos_bias=True, use_fc_norm=c.fc_norm, **norm_layer_kwargs(c))

@@ -28,7 +28,7 @@ def config_from_timm(model: Any) -> ViTConfig:
     `fused_attn`) cannot change what it converts.
     """
     import torch.nn as nn
-    from timm.layers import AttentionPoolLatent, LayerScale, Mlp, PatchEmbed
+    from timm.layers import AttentionPoolLatent, LayerScale, PatchEmbed
     from timm.models.vision_transformer import Attention, Block, VisionTransformer
 
     def refuse(setting: str) -> None:
@@ -36,12 +36,18 @@ def config_from_timm(model: Any) -> ViTConfig:
             f"{type(model).__name__}: {setting} is not supported by vit_jax_va.ViT")
 
     from timm.models.beit import Beit
+    from timm.models.eva import Eva
+
+    from converters.timm_beit import beit_fields
+    from converters.timm_eva import eva_fields
 
     if isinstance(model, Beit):
-        return _config_from_beit(model, refuse)
+        return _config_from_family(model, beit_fields, refuse)
+    if isinstance(model, Eva):
+        return _config_from_family(model, eva_fields, refuse)
     if not isinstance(model, VisionTransformer):
         refuse(f"model class {type(model).__module__}.{type(model).__name__} "
-               "(only timm VisionTransformer and VisionTransformerDistilled are)")
+               "(timm VisionTransformer, VisionTransformerDistilled, Beit and Eva are read)")
     if type(model.patch_embed) is not PatchEmbed:
         refuse(f"patch embedding {type(model.patch_embed).__name__}")
     if not isinstance(model.patch_embed.norm, nn.Identity):
@@ -55,7 +61,7 @@ def config_from_timm(model: Any) -> ViTConfig:
     blocks = list(model.blocks)
     first = blocks[0]
     eps = _layer_norm_eps(first.norm1, "blocks.0.norm1", refuse)
-    act = _activation(first.mlp.act, "blocks.0.mlp", refuse)
+    mlp0 = mlp_fields(first.mlp, "blocks.0.mlp", eps, refuse)
     qk_norm = not isinstance(first.attn.q_norm, nn.Identity)
     for i, block in enumerate(blocks):
         where = f"blocks.{i}"
@@ -78,12 +84,8 @@ def config_from_timm(model: Any) -> ViTConfig:
         if attn.num_heads * attn.head_dim != model.embed_dim or attn.proj.out_features != model.embed_dim:
             refuse(f"{where}.attn head dim {attn.head_dim} x {attn.num_heads} heads != "
                    f"embed_dim {model.embed_dim} (attn_head_dim / dim_out)")
-        if type(mlp) is not Mlp:
-            refuse(f"{where}.mlp type {type(mlp).__name__}")
-        if not isinstance(mlp.norm, nn.Identity):
-            refuse(f"{where}.mlp scale_mlp_norm")
-        if _activation(mlp.act, f"{where}.mlp", refuse) != act:
-            refuse(f"{where}.mlp activation differing from blocks.0")
+        if mlp_fields(mlp, f"{where}.mlp", eps, refuse) != mlp0:
+            refuse(f"{where}.mlp differing from blocks.0's (type, activation, width, norm or biases)")
         for name in ("norm1", "norm2"):
             if _layer_norm_eps(getattr(block, name), f"{where}.{name}", refuse) != eps:
                 refuse(f"{where}.{name} eps differing from blocks.0.norm1")
@@ -94,9 +96,7 @@ def config_from_timm(model: Any) -> ViTConfig:
         same = (attn.num_heads == first.attn.num_heads,
                 (attn.qkv.bias is None) == (first.attn.qkv.bias is None),
                 (attn.proj.bias is None) == (first.attn.proj.bias is None),
-                (mlp.fc1.bias is None) == (attn.proj.bias is None),
-                (mlp.fc2.bias is None) == (attn.proj.bias is None),
-                mlp.fc1.out_features == first.mlp.fc1.out_features,
+                mlp0["bias"] == (attn.proj.bias is not None),
                 type(block.ls1) is type(first.ls1) and type(block.ls2) is type(first.ls1))
         if not all(same):
             refuse(f"{where} differing from blocks.0 (heads, biases, MLP width or layer scale)")
@@ -106,7 +106,7 @@ def config_from_timm(model: Any) -> ViTConfig:
             refuse(f"{name} eps differing from the blocks'")
 
     if pool is not None:
-        _check_attention_pool(pool, first, eps, act, refuse)
+        _check_attention_pool(pool, first, eps, mlp0, refuse)
 
     pre_norm = not isinstance(model.norm_pre, nn.Identity)
     if (model.patch_embed.proj.bias is None) != pre_norm:
@@ -122,11 +122,11 @@ def config_from_timm(model: Any) -> ViTConfig:
         **_embedding_and_preprocessing(model),
         depth=len(blocks),
         num_heads=first.attn.num_heads,
-        mlp_ratio=first.mlp.fc1.out_features / model.embed_dim,
+        mlp_ratio=mlp0["hidden"] / model.embed_dim,
         qkv_bias=first.attn.qkv.bias is not None,
         proj_bias=first.attn.proj.bias is not None,
         qk_norm=qk_norm,
-        act=act,
+        act=mlp0["act"], swiglu=mlp0["swiglu"], mlp_norm=mlp0["mlp_norm"],
         class_token=model.cls_token is not None,
         distillation_token=distilled,
         num_register_tokens=model.num_reg_tokens,
@@ -159,33 +159,66 @@ def _embedding_and_preprocessing(model: Any) -> dict[str, Any]:
                 crop_mode=data.get("crop_mode", "center"))
 
 
-def _config_from_beit(model: Any, refuse: Any) -> ViTConfig:
-    """A timm `Beit`: its blocks and pooling (`converters.timm_beit`), its norms and
-    activation checked as a ViT's are."""
+def _config_from_family(model: Any, fields: Any, refuse: Any) -> ViTConfig:
+    """A timm `Beit` or `Eva`: its blocks, positions and pooling from `fields`
+    (`converters.timm_beit.beit_fields`, `converters.timm_eva.eva_fields`: `(model, refuse)` ->
+    `ViTConfig` fields), its norms and MLPs checked as a ViT's are."""
     import torch.nn as nn
     from timm.layers import PatchEmbed
-
-    from converters.timm_beit import beit_fields
 
     if type(model.patch_embed) is not PatchEmbed or not isinstance(model.patch_embed.norm, nn.Identity):
         refuse(f"patch embedding {type(model.patch_embed).__name__} with a norm")
     first = model.blocks[0]
     eps = _layer_norm_eps(first.norm1, "blocks.0.norm1", refuse)
-    act = _activation(first.mlp.act, "blocks.0.mlp", refuse)
+    mlp0 = mlp_fields(first.mlp, "blocks.0.mlp", eps, refuse)
     for i, block in enumerate(model.blocks):
         for name in ("norm1", "norm2"):
             if _layer_norm_eps(getattr(block, name), f"blocks.{i}.{name}", refuse) != eps:
                 refuse(f"blocks.{i}.{name} eps differing from blocks.0.norm1")
-        if _activation(block.mlp.act, f"blocks.{i}.mlp", refuse) != act:
-            refuse(f"blocks.{i}.mlp activation differing from blocks.0")
-    for name in ("norm", "fc_norm"):
-        module = getattr(model, name)
-        if not isinstance(module, nn.Identity) and _layer_norm_eps(module, name, refuse) != eps:
+        if mlp_fields(block.mlp, f"blocks.{i}.mlp", eps, refuse) != mlp0:
+            refuse(f"blocks.{i}.mlp differing from blocks.0's (type, activation, width, norm or biases)")
+    for name in ("norm_pre", "norm", "fc_norm"):
+        module = getattr(model, name, None)
+        if module is not None and not isinstance(module, nn.Identity) and _layer_norm_eps(module, name, refuse) != eps:
             refuse(f"{name} eps differing from the blocks'")
+        if (block.attn.proj.bias is not None) != mlp0["bias"]:
+            refuse(f"blocks.{i}: an attention projection bias without MLP biases, or the reverse")
     if not isinstance(model.head, (nn.Linear, nn.Identity)):
         refuse(f"head type {type(model.head).__name__}")
-    return ViTConfig(**_embedding_and_preprocessing(model), **beit_fields(model, refuse), act=act,
-                     layer_norm_eps=eps)
+    return ViTConfig(**_embedding_and_preprocessing(model), **fields(model, refuse), act=mlp0["act"],
+                     swiglu=mlp0["swiglu"], mlp_norm=mlp0["mlp_norm"],
+                     mlp_ratio=mlp0["hidden"] / model.embed_dim, proj_bias=mlp0["bias"], layer_norm_eps=eps)
+
+
+def mlp_fields(mlp: Any, where: str, eps: float, refuse: Any) -> dict[str, Any]:
+    """What a timm block MLP computes: `act`, `swiglu`, `mlp_norm` (the `ViTConfig` fields),
+    `hidden` (units) and `bias` (fc1 and fc2 both have one). Reads `Mlp`, `SwiGLU` (split gate)
+    and `GluMlp` with SiLU and the gate first (`SwiGLUPacked`); refuses others by name."""
+    import torch.nn as nn
+    from timm.layers import GluMlp, Mlp, SwiGLU
+
+    kind = type(mlp)
+    if kind is Mlp:
+        act, swiglu, layers, hidden = _activation(mlp.act, where, refuse), False, (mlp.fc1, mlp.fc2), mlp.fc1.out_features
+    elif kind is SwiGLU:
+        swiglu, layers, hidden = True, (mlp.fc1_g, mlp.fc1_x, mlp.fc2), mlp.fc1_g.out_features
+    elif kind is GluMlp:
+        if mlp.gate_last or mlp.chunk_dim != -1 or not isinstance(mlp.fc1, nn.Linear):
+            refuse(f"{where} GluMlp with the gate last or convolutions (SwiGLUPacked is read)")
+        swiglu, layers, hidden = True, (mlp.fc1, mlp.fc2), mlp.fc1.out_features // 2
+    else:
+        refuse(f"{where} type {kind.__name__} (Mlp, SwiGLU and SwiGLUPacked are read)")
+    if swiglu:
+        if type(mlp.act) is not nn.SiLU:
+            refuse(f"{where} gated MLP with activation {mlp.act!r} (SiLU, that is SwiGLU, is read)")
+        act = "gelu"  # unused by a SwiGLU MLP
+    mlp_norm = not isinstance(mlp.norm, nn.Identity)
+    if mlp_norm and _layer_norm_eps(mlp.norm, f"{where}.norm", refuse) != eps:
+        refuse(f"{where}.norm (scale_mlp_norm) eps differing from the blocks'")
+    biases = {layer.bias is not None for layer in layers}
+    if len(biases) != 1:
+        refuse(f"{where} with a bias on some of its layers only")
+    return dict(act=act, swiglu=swiglu, mlp_norm=mlp_norm, hidden=hidden, bias=biases.pop())
 
 
 def _activation(module: Any, where: str, refuse: Any) -> str:
@@ -202,7 +235,7 @@ def _activation(module: Any, where: str, refuse: Any) -> str:
     refuse(f"{where} activation {module!r} (exact GELU, tanh GELU and QuickGELU are)")
 
 
-def _check_attention_pool(pool: Any, block: Any, eps: float, act: str, refuse: Any) -> None:
+def _check_attention_pool(pool: Any, block: Any, eps: float, mlp: dict[str, Any], refuse: Any) -> None:
     """Refuse a timm `AttentionPoolLatent` that `vit_jax_va.model.AttentionPool` does not
     compute: one latent query projected by `q`, the blocks' heads, width, MLP, norm and
     activation, no position embedding or qk-norm of its own, the first latent pooled."""
@@ -222,7 +255,9 @@ def _check_attention_pool(pool: Any, block: Any, eps: float, act: str, refuse: A
         refuse(f"{where} heads or width differing from the blocks'")
     if not isinstance(pool.proj, nn.Linear) or pool.mlp is None or type(pool.mlp) is not Mlp:
         refuse(f"{where} without its projection and MLP (out_features=0)")
-    if pool.mlp.fc1.out_features != block.mlp.fc1.out_features or _activation(pool.mlp.act, f"{where}.mlp", refuse) != act:
+    if mlp["swiglu"] or mlp["mlp_norm"]:
+        refuse(f"{where} with blocks whose MLP is gated or normed (its own MLP is a plain one)")
+    if pool.mlp.fc1.out_features != mlp["hidden"] or _activation(pool.mlp.act, f"{where}.mlp", refuse) != mlp["act"]:
         refuse(f"{where}.mlp width or activation differing from the blocks'")
     if _layer_norm_eps(pool.norm, f"{where}.norm", refuse) != eps:
         refuse(f"{where}.norm eps differing from the blocks'")
@@ -238,42 +273,71 @@ def _layer_norm_eps(module: Any, where: str, refuse: Any) -> float:
     return float(module.eps)
 
 
+def timm_mlp_ratio(config: ViTConfig) -> float:
+    """An `mlp_ratio` from which timm builds `config.mlp_hidden` units (timm: int(width * ratio))."""
+    ratio = config.mlp_ratio
+    if int(config.width * ratio) != config.mlp_hidden:
+        ratio = (config.mlp_hidden + 0.5) / config.width
+    return ratio
+
+
+def norm_layer_kwargs(config: ViTConfig) -> dict[str, Any]:
+    """`norm_layer=` for a timm constructor when the config's LayerNorm eps is not timm's 1e-6."""
+    if config.layer_norm_eps == 1e-6:
+        return {}
+    import functools
+
+    import torch.nn as nn
+
+    return {"norm_layer": functools.partial(nn.LayerNorm, eps=config.layer_norm_eps)}
+
+
 def timm_kwargs(config: ViTConfig) -> dict[str, Any]:
     """Constructor kwargs for timm's `VisionTransformer` (or the distilled one) for `config`."""
-    if config.mlp_hidden != config.width * config.mlp_ratio:
-        raise ValueError(f"mlp_ratio={config.mlp_ratio} gives a fractional MLP width")
-    if config.rel_pos_bias:
-        raise ValueError("rel_pos_bias=True (BEiT): timm's VisionTransformer has no relative position "
-                         "bias, so create_timm_model and to_timm do not write BEiT models")
+    if config.rel_pos_bias or config.rope:
+        raise ValueError("rel_pos_bias / rope: timm's VisionTransformer has neither; "
+                         "create_timm_model writes these as timm Beit / Eva")
     kwargs = dict(
         img_size=config.image_size, patch_size=config.patch_size, in_chans=config.in_channels,
         num_classes=config.num_classes, global_pool=config.pool, embed_dim=config.width,
-        depth=config.depth, num_heads=config.num_heads, mlp_ratio=config.mlp_ratio,
+        depth=config.depth, num_heads=config.num_heads, mlp_ratio=timm_mlp_ratio(config),
         qkv_bias=config.qkv_bias, proj_bias=config.proj_bias, qk_norm=config.qk_norm,
-        act_layer=None if config.act == "gelu" else config.act,
+        act_layer=None if config.act == "gelu" else config.act, scale_mlp_norm=config.mlp_norm,
         init_values=1.0 if config.layer_scale else None, class_token=config.class_token,
         pos_embed="learn" if config.pos_embed else "none", no_embed_class=config.no_embed_class,
         reg_tokens=config.num_register_tokens, pre_norm=config.pre_norm,
         final_norm=config.final_norm, fc_norm=config.fc_norm,
-        pool_include_prefix=config.pool_include_prefix,
+        pool_include_prefix=config.pool_include_prefix, **norm_layer_kwargs(config),
     )
-    if config.layer_norm_eps != 1e-6:
-        import functools
-
+    if config.swiglu:
         import torch.nn as nn
+        from timm.layers import SwiGLU
 
-        kwargs["norm_layer"] = functools.partial(nn.LayerNorm, eps=config.layer_norm_eps)
+        kwargs.update(mlp_layer=SwiGLU, act_layer=nn.SiLU)
     return kwargs
 
 
 def create_timm_model(config: ViTConfig, state_dict: Mapping[str, Any] | None = None) -> Any:
-    """A timm model with `config`'s architecture in eval mode, loaded strictly from `state_dict`."""
+    """A timm model with `config`'s architecture in eval mode, loaded strictly from `state_dict`:
+    a `VisionTransformer` (`VisionTransformerDistilled`), a `Beit` for a relative position bias,
+    an `Eva` for a rotary embedding (`converters.timm_beit`, `converters.timm_eva` say which
+    configs they can write)."""
     import torch
+    from timm.models.beit import Beit
     from timm.models.deit import VisionTransformerDistilled
+    from timm.models.eva import Eva
     from timm.models.vision_transformer import VisionTransformer
 
-    cls = VisionTransformerDistilled if config.distillation_token else VisionTransformer
-    model = cls(**timm_kwargs(config))
+    from converters.timm_beit import beit_kwargs
+    from converters.timm_eva import eva_kwargs
+
+    if config.rope:
+        model = Eva(**eva_kwargs(config))
+    elif config.rel_pos_bias:
+        model = Beit(**beit_kwargs(config))
+    else:
+        cls = VisionTransformerDistilled if config.distillation_token else VisionTransformer
+        model = cls(**timm_kwargs(config))
     model.pretrained_cfg = {**getattr(model, "pretrained_cfg", {}),
                             "mean": config.mean, "std": config.std,
                             "interpolation": config.interpolation,

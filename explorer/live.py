@@ -39,19 +39,21 @@ def load_model(run_path: str):
     """The run's model (`vit_jax_va.ViT`), checked against the config and weights in the manifest."""
     import vit_jax_va
 
+    from vit_jax_va.inputs import MissingExtraError, resolve_model
+
     model_info = _manifest(run_path)["model"]
     origin = str(model_info.get("source", ""))  # "demo" or a checkpoint directory
-    if origin == "demo":
-        try:
-            from vit_jax_va.demo import load_demo_model
-        except ImportError as err:
-            raise LiveUnavailable(f"the demo model is not installed ({err})") from None
-        model = load_demo_model()
-    elif origin and Path(origin).is_dir():
-        model = vit_jax_va.load(origin)
-    else:
+    # A sweep run with --image-size ran the model at the size its config records.
+    size = tuple((model_info.get("config") or {}).get("image_size") or ()) or None
+    if origin != "demo" and not (origin and Path(origin).is_dir()):
         raise LiveUnavailable(f"the run's model {origin!r} is neither 'demo' nor a "
                               "vit_jax_va checkpoint directory")
+    try:
+        model = resolve_model(origin, image_size=size)
+    except ImportError as err:
+        raise LiveUnavailable(f"the demo model is not installed ({err})") from None
+    except MissingExtraError as err:
+        raise LiveUnavailable(str(err)) from None
     changes = vit_jax_va.identity_differences(model_info, model)
     if changes:
         raise LiveUnavailable(f"the model at {origin!r} is not the run's model ({'; '.join(changes)})")

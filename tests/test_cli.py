@@ -139,3 +139,34 @@ def test_explore_on_a_port_in_use_is_one_clear_line(tmp_path):
         result = _vit_va("explore", str(tmp_path / "runs" / "demo"), "--port", str(port))
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     assert f"port {port} on localhost is in use" in result.stderr
+
+
+def test_sweep_at_another_image_size(tmp_path):
+    """`vit-va sweep --image-size`: a vit_jax_va checkpoint run at 24 px instead of 16, its
+    position embedding resampled by timm; the run records that config, and the explorer's live
+    path loads the model at the same size (the identity check passes)."""
+    import torch
+    from jax_cases import random_vit
+    from timm.models.vision_transformer import VisionTransformer
+
+    from converters.timm_config import timm_kwargs
+    from explorer.live import load_model
+
+    config = vit_jax_va.ViTConfig(image_size=16, patch_size=4, in_channels=1, mean=(0.5,), std=(0.25,), width=32,
+                                  depth=2, num_heads=2, num_classes=10, crop_fraction=1.0)
+    model = random_vit(config, seed=3)
+    vit_jax_va.save(model, tmp_path / "model")
+    result = _vit_va("sweep", "--model", str(tmp_path / "model"), "--image-size", "24", "--data", "demo",
+                     "--images", "6", "--out", str(tmp_path / "run"), "--chunk-size", "6", "--batch-size", "6",
+                     "--pattern-images", "6", "--curve-images", "6", "--projection", "pca", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    run = vit_jax_va.open_run(tmp_path / "run")
+    assert run.config.image_size == (24, 24) and run.config.grid == (6, 6)
+    live = load_model(str(tmp_path / "run"))
+    assert live.config.image_size == (24, 24) and live.config.mean == (0.5,)
+    # The resized model computes what timm computes at 24 px with the same weights.
+    reference = VisionTransformer(**timm_kwargs(config), dynamic_img_size=True)
+    reference.load_state_dict({k: torch.from_numpy(v) for k, v in converters.to_timm(model).items()})
+    images = np.random.default_rng(0).standard_normal((2, 24, 24, 1), np.float32)
+    expected, _ = converters.timm_forward(reference.eval(), torch.from_numpy(images.transpose(0, 3, 1, 2)))
+    assert np.max(np.abs(np.asarray(live(images)) - expected)) <= 1e-4

@@ -18,6 +18,7 @@ torch = pytest.importorskip("torch")
 import converters  # noqa: E402
 import vit_jax_va  # noqa: E402
 from converters.timm_config import UnsupportedModelError  # noqa: E402
+from jax_cases import random_vit  # noqa: E402
 from vit_jax_va.inputs import resolve_model  # noqa: E402
 
 LOGITS_TOL = 1e-4
@@ -45,6 +46,7 @@ def _make(case):
         "deit_distilled": lambda: T.DeiTForImageClassificationWithTeacher(
             T.DeiTConfig(**SMALL, intermediate_size=96, num_labels=5)),
         "dinov2": lambda: T.Dinov2Model(T.Dinov2Config(**SMALL, mlp_ratio=2)),
+        "dinov2_swiglu": lambda: T.Dinov2Model(T.Dinov2Config(**SMALL, mlp_ratio=4, use_swiglu_ffn=True)),
         "dinov2_registers": lambda: T.Dinov2WithRegistersModel(
             T.Dinov2WithRegistersConfig(**SMALL, mlp_ratio=2, num_register_tokens=2)),
         "clip_vision": lambda: T.CLIPVisionModel(T.CLIPVisionConfig(**SMALL, intermediate_size=96)),
@@ -57,7 +59,7 @@ def _make(case):
 
 
 CASES = ["vit_classifier", "vit_backbone_with_pooler", "vit_no_qkv_bias_tanh_gelu", "deit_distilled", "dinov2",
-         "dinov2_registers", "clip_vision", "clip_vision_projection", "siglip_vision"]
+         "dinov2_swiglu", "dinov2_registers", "clip_vision", "clip_vision_projection", "siglip_vision"]
 
 
 @pytest.mark.parametrize("size", [None, (48, 40), (24, 24)], ids=["own", "up_rect", "down"])
@@ -131,7 +133,6 @@ def test_convert_command_reads_a_model_directory(tmp_path):
 @pytest.mark.parametrize("build, setting", [
     (lambda T: T.DeiTForImageClassification(T.DeiTConfig(**SMALL, intermediate_size=96)), "class token alone"),
     (lambda T: T.Dinov2ForImageClassification(T.Dinov2Config(**SMALL)), "mean patch token concatenated"),
-    (lambda T: T.Dinov2Model(T.Dinov2Config(**SMALL, use_swiglu_ffn=True)), "use_swiglu_ffn"),
     (lambda T: T.ViTModel(T.ViTConfig(**SMALL, hidden_act="relu")), "hidden_act='relu'"),
     (lambda T: T.BeitModel(T.BeitConfig(**SMALL)), "BeitModel: not a transformers model that vit_jax_va reads"),
 ])
@@ -147,3 +148,77 @@ def test_missing_directories_and_the_hub_say_what_to_do(tmp_path):
         converters.from_hf("hf:google/vit-base-patch16-224")
     with pytest.raises(vit_jax_va.CheckpointError, match="download the model directory"):
         resolve_model("hf:google/vit-base-patch16-224")
+
+
+# The way back: converters.to_hf / save_hf --------------------------------------------------
+
+# Keys whose values to_hf writes differently, computing the same: DINOv2 with registers folds
+# the class token's position into the class token; DINOv2's mask token is not part of the model.
+REWRITTEN = {"dinov2_registers": {"embeddings.cls_token", "embeddings.position_embeddings"}}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_to_hf_round_trip(case):
+    module = _make(case)
+    model = converters.from_hf(module)
+    assert converters.hf_architecture(model.config) == type(module).__name__
+    back = converters.to_hf(model)
+    assert type(back) is type(module)
+    assert vit_jax_va.weights_hash(converters.from_hf(back)) == vit_jax_va.weights_hash(model)
+    ours, theirs = back.state_dict(), module.state_dict()
+    skip = REWRITTEN.get(case, set()) | {k for k in ours if k.endswith("mask_token")}
+    assert not [k for k in ours if k not in skip and not torch.equal(ours[k], theirs[k])]
+    images = torch.from_numpy(np.random.default_rng(2).standard_normal((2, 3, 32, 32), np.float32))
+    (logits, attention), (logits_back, attention_back) = (converters.hf_forward(m, images) for m in (module, back))
+    assert np.max(np.abs(logits - logits_back)) <= 1e-6 and np.max(np.abs(attention - attention_back)) <= 1e-6
+
+
+@pytest.mark.parametrize("case, overrides, architecture", [
+    ("token", {}, "ViTForImageClassification"),
+    ("registers_no_embed_class_layer_scale", {"num_classes": 0}, "Dinov2WithRegistersModel"),
+    ("token", {"pre_norm": True, "act_layer": "quick_gelu", "num_classes": 0}, "CLIPVisionModel"),
+    ("map_no_class_token_gelu_tanh", {"num_classes": 0}, "SiglipVisionModel"),
+])
+def test_a_timm_model_written_to_hf_computes_what_timm_computes(case, overrides, architecture):
+    """timm -> ours -> transformers, checked against timm itself: two libraries apart."""
+    from timm_cases import make_case, random_images
+
+    timm_model = make_case(case, **overrides)
+    module = converters.to_hf(converters.from_timm(timm_model))
+    assert type(module).__name__ == architecture
+    images = torch.from_numpy(random_images(timm_model, 2).transpose(0, 3, 1, 2))
+    timm_logits, timm_attention = converters.timm_forward(timm_model, images)
+    logits, attention = converters.hf_forward(module, images)
+    assert np.max(np.abs(logits - timm_logits)) <= LOGITS_TOL
+    assert np.max(np.abs(attention - timm_attention)) <= ATTENTION_TOL
+
+
+@pytest.mark.parametrize("config, architecture, setting", [
+    (dict(rope=True), None, "rope=True"),
+    (dict(qk_norm=True), None, "qk_norm=True"),
+    (dict(pool="avg", class_token=True), None, "pool='avg'"),
+    (dict(pre_norm=True, image_size=(32, 48)), None, r"non-square input \(32, 48\)"),
+    (dict(layer_scale=True, num_classes=4), None, "num_classes=4"),
+    (dict(), "BeitModel", "BeitModel: not a transformers class"),
+])
+def test_what_transformers_cannot_hold_is_refused_by_name(config, architecture, setting):
+    base = vit_jax_va.ViTConfig(image_size=32, patch_size=8, width=48, depth=1, num_heads=3, num_classes=0)
+    model = random_vit(base.replace(**config), seed=0)
+    with pytest.raises(UnsupportedModelError, match=setting):
+        converters.to_hf(model, architecture)
+
+
+def test_save_hf_writes_a_directory_transformers_and_from_hf_load(tmp_path):
+    model = converters.from_hf(_make("clip_vision_projection"))
+    # Other preprocessing than the default, so that reading it back shows.
+    model.config = model.config.replace(mean=(0.4, 0.5, 0.6), std=(0.2, 0.3, 0.25), interpolation="bilinear",
+                                        crop_fraction=0.8)
+    folder = converters.save_hf(model, tmp_path / "clip")
+    loaded = converters.from_hf(folder)
+    assert vit_jax_va.weights_hash(loaded) == vit_jax_va.weights_hash(model)
+    c = loaded.config
+    assert (c.mean, c.std, c.interpolation, c.crop_mode, c.crop_fraction) == (
+        (0.4, 0.5, 0.6), (0.2, 0.3, 0.25), "bilinear", "center", 0.8)
+    processor = transformers.AutoImageProcessor.from_pretrained(folder)
+    assert (processor.crop_size["height"], processor.size["shortest_edge"]) == (32, 40)
+    assert type(transformers.AutoModel.from_pretrained(folder)).__name__.startswith("CLIPVision")

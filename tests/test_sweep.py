@@ -87,14 +87,17 @@ def test_store_holds_what_the_library_computes(in_memory_run):
     assert run.manifest["complete"] and not (out / "chunks").exists()
 
 
-@pytest.mark.parametrize("family", ["siglip_layout", "beit_layout"])
+@pytest.mark.parametrize("family", ["siglip_layout", "beit_layout", "eva02_layout"])
 def test_new_families_sweep_end_to_end(family, tmp_path):
-    """SigLIP's layout (no class token, attention pooling) with qk-norm and QuickGELU, and
-    BEiT's (relative position bias, layer scale, no absolute positions): the store holds what
-    the library computes; the CLS pattern space, which needs a class token, is there only with
-    one."""
+    """SigLIP's layout (no class token, attention pooling) with qk-norm and QuickGELU, BEiT's
+    (relative position bias, layer scale, no absolute positions) and EVA-02's (rotary embedding,
+    SwiGLU with its inner norm; here with a register and no class token): the store holds what
+    the library computes; the CLS pattern space (token 0's attention) is there only with a
+    prefix token."""
     config = {"siglip_layout": CONFIG.replace(pool="map", class_token=False, qk_norm=True, act="quick_gelu"),
-              "beit_layout": CONFIG.replace(rel_pos_bias=True, pos_embed=False, layer_scale=True)}[family]
+              "beit_layout": CONFIG.replace(rel_pos_bias=True, pos_embed=False, layer_scale=True),
+              "eva02_layout": CONFIG.replace(rope=True, rope_ref_grid=(3, 3), swiglu=True, mlp_norm=True,
+                                             pool="avg", class_token=False, num_register_tokens=1)}[family]
     model, dataset = random_vit(config, seed=1), _random_pixels()
     Sweep(model, usable_images(dataset), tmp_path / "r", options=SweepOptions(**SMALL), progress=False,
           log=lambda _: None).run()
@@ -108,7 +111,7 @@ def test_new_families_sweep_end_to_end(family, tmp_path):
     entropy = vit_jax_va.head_entropy(vit_jax_va.hop_profile(attention, config.grid, config.num_prefix_tokens))
     np.testing.assert_allclose(run.array("strength", "entropy"), entropy, atol=1e-5)
     assert "patterns/patch" in run.groups()
-    assert ("patterns/cls" in run.groups()) == config.class_token
+    assert ("patterns/cls" in run.groups()) == (config.num_prefix_tokens > 0)
     assert run.manifest["complete"]
 
 

@@ -78,7 +78,8 @@ def test_config_read_from_timm():
 
 @pytest.mark.parametrize("case, value", [
     *((case, value) for case in ("token", "registers_no_embed_class_layer_scale", "distilled",
-                                 "qk_norm_quick_gelu", "map_no_class_token_gelu_tanh") for value in (0.0, 0.3)),
+                                 "qk_norm_quick_gelu", "map_no_class_token_gelu_tanh", "eva02_rope_swiglu")
+      for value in (0.0, 0.3)),
     # BEiT's layer scale (N(0, 0.1) here) damps a head: only pruning it whole moves the logits
     # far enough for the check below to have power.
     ("beit_rel_pos_avg", 0.0)])
@@ -110,7 +111,10 @@ def test_head_mask_scales_the_heads_slice_of_the_projection_input(case, value):
 
 def test_to_timm_round_trip_is_bit_exact_and_timm_loads_it_strictly():
     for case in ("registers_no_embed_class_layer_scale", "distilled", "pre_norm_no_qkv_bias_grey_rect",
-                 "qk_norm_quick_gelu", "map_no_class_token_gelu_tanh"):
+                 "qk_norm_quick_gelu", "map_no_class_token_gelu_tanh", "swiglu_packed_scale_mlp_norm",
+                 "beit_rel_pos_token_rect_headless", "beit_swiglu_scale_mlp", "eva02_rope_swiglu",
+                 "eva02_unfused_qkv_scale_mlp_rect", "eva_rope_register_gap_xy_qk_norm",
+                 "eva_rope_half_pre_norm_token"):
         model = converters.from_timm(make_case(case))
         state_dict = converters.to_timm(model)
         timm_model = converters.create_timm_model(model.config, state_dict)  # strict load
@@ -191,7 +195,6 @@ def test_missing_unexpected_and_misshaped_keys_are_each_named():
 
 @pytest.mark.parametrize("kwargs, setting", [
     (dict(scale_attn_norm=True), "scale_attn_norm"),
-    (dict(scale_mlp_norm=True), "scale_mlp_norm"),
     (dict(act_layer="silu"), "activation"),
     (dict(global_pool="prr"), "global_pool='prr'"),
     (dict(norm_layer="rmsnorm"), "RmsNorm"),
@@ -207,17 +210,35 @@ def test_a_shared_relative_position_bias_is_refused():
         converters.from_timm(make_case("beit_rel_pos_avg", use_rel_pos_bias=False, use_shared_rel_pos_bias=True))
 
 
-def test_beit_models_are_not_written_back_to_timm():
-    model = converters.from_timm(make_case("beit_rel_pos_avg"))
-    with pytest.raises(ValueError, match="rel_pos_bias=True"):
-        converters.create_timm_model(model.config, converters.to_timm(model))
+@pytest.mark.parametrize("kwargs, setting", [
+    # The heads' outputs normed together before the projection: one head's part is not separable.
+    (dict(scale_attn_inner=True), "scale_attn_inner"),
+    (dict(attn_type="rope"), "AttentionRope"),
+    (dict(use_post_norm=True), "use_post_norm"),
+    (dict(global_pool="map"), "global_pool='map'"),
+    (dict(rope_type="mixed"), "RotaryEmbeddingMixed"),
+    (dict(init_values=0.1, attn_only_layer_scale=True), "attn_only_layer_scale"),
+])
+def test_unsupported_eva_settings_are_refused_by_name(kwargs, setting):
+    with pytest.raises(UnsupportedModelError, match=setting):
+        converters.from_timm(make_case("eva02_rope_swiglu", **kwargs))
+
+
+def test_a_config_timm_cannot_build_is_refused_by_name():
+    model = converters.from_timm(make_case("eva02_rope_swiglu"))
+    with pytest.raises(ValueError, match="Eva cannot take distillation_token=True"):
+        converters.create_timm_model(model.config.replace(distillation_token=True, pool="token"))
+    with pytest.raises(ValueError, match="Beit cannot take .*qk_norm=True"):
+        converters.create_timm_model(model.config.replace(rope=False, rope_ref_grid=None, rel_pos_bias=True,
+                                                          qk_norm=True, pool="avg"))
 
 
 def test_unsupported_architecture_class_is_refused():
-    import timm
+    from timm.models.swin_transformer import SwinTransformer
 
-    with pytest.raises(UnsupportedModelError, match="Eva"):
-        converters.from_timm(timm.create_model("eva02_tiny_patch14_224", pretrained=False))
+    swin = SwinTransformer(img_size=32, patch_size=4, window_size=4, embed_dim=16, depths=(1,), num_heads=(1,))
+    with pytest.raises(UnsupportedModelError, match="SwinTransformer"):
+        converters.from_timm(swin)
 
 
 def test_npz_and_unknown_formats_are_refused(tmp_path):
@@ -236,7 +257,8 @@ def test_hub_name_without_network_says_what_to_do():
 
 @pytest.mark.parametrize("size", [(48, 48), (24, 24), (40, 56)], ids=["up", "down", "rect"])
 @pytest.mark.parametrize("case", ["token", "registers_no_embed_class_layer_scale", "distilled",
-                                  "map_no_class_token_gelu_tanh"])
+                                  "map_no_class_token_gelu_tanh", "eva02_rope_swiglu",
+                                  "eva_rope_register_gap_xy_qk_norm"])
 def test_a_model_converted_at_another_size_equals_timm_run_at_that_size(case, size):
     """`image_size=`: the position embedding resampled as timm does. The reference is the same
     timm model with `dynamic_img_size=True`, which resamples on the fly for the input it gets."""

@@ -40,12 +40,34 @@ CASES = {
                  "global_pool": "token", "num_classes": 0, "init_values": 0.1}),
     "beit_abs_pos_no_qkv_bias": ("Beit", {**TINY, "use_abs_pos_emb": True, "use_rel_pos_bias": False,
                                            "qkv_bias": False, "init_values": None}),
+    "beit_swiglu_scale_mlp": ("Beit", {**TINY, "use_abs_pos_emb": False, "use_rel_pos_bias": True,
+                                       "swiglu_mlp": True, "scale_mlp": True, "init_values": 0.1}),
+    # DINOv2 giant's MLP: SwiGLU with packed gate and value (gate first), here with an inner norm.
+    "swiglu_packed_scale_mlp_norm": (
+        "VisionTransformer", {**TINY, "mlp_layer": "SwiGLUPacked", "act_layer": "silu", "mlp_ratio": 4 * 2 / 3 * 2,
+                              "scale_mlp_norm": True}),
+    # EVA-02: rotary embedding rescaled to a reference grid, SwiGLU, layer scale as gamma_1/gamma_2.
+    "eva02_rope_swiglu": ("Eva", {**TINY, "mlp_ratio": 4 * 2 / 3, "swiglu_mlp": True, "use_rot_pos_emb": True,
+                                  "ref_feat_shape": (3, 3), "init_values": 0.1}),
+    # EVA-02 base/large: separate q/k/v projections, SwiGLU with its inner norm; a rectangular grid.
+    "eva02_unfused_qkv_scale_mlp_rect": (
+        "Eva", {**TINY, "img_size": (32, 48), "qkv_fused": False, "mlp_ratio": 4 * 2 / 3, "swiglu_mlp": True,
+                "scale_mlp": True, "use_rot_pos_emb": True, "ref_feat_shape": (4, 4), "init_values": 0.1}),
+    # timm's vit_*_rope_reg1_gap: no class token, a register, no absolute positions; here also
+    # qk-norm and the (col, row) coordinate order with an offset.
+    "eva_rope_register_gap_xy_qk_norm": (
+        "Eva", {**TINY, "class_token": False, "num_reg_tokens": 1, "global_pool": "avg", "use_abs_pos_emb": False,
+                "use_rot_pos_emb": True, "rope_grid_offset": 1.0, "rope_grid_indexing": "xy", "qk_norm": True,
+                "init_values": 1e-5}),
+    "eva_rope_half_pre_norm_token": (
+        "Eva", {**TINY, "use_rot_pos_emb": True, "rope_rotate_half": True, "use_pre_transformer_norm": True,
+                "global_pool": "token", "qkv_bias": False}),
 }
 
 # Real timm architectures (random init): names as users pass them.
 NAMED = ["vit_tiny_patch16_224", "deit_tiny_distilled_patch16_224", "deit3_small_patch16_224",
          "vit_little_patch16_reg4_gap_256", "vit_base_patch32_clip_quickgelu_224",
-         "vit_base_patch32_siglip_256", "beitv2_base_patch16_224"]
+         "vit_base_patch32_siglip_256", "beitv2_base_patch16_224", "eva02_tiny_patch14_224"]
 
 
 def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -58,15 +80,20 @@ def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 
 
 def make_case(name: str, seed: int = 0, **overrides) -> torch.nn.Module:
+    import timm.layers
     from timm.models.beit import Beit
     from timm.models.deit import VisionTransformerDistilled
+    from timm.models.eva import Eva
     from timm.models.vision_transformer import VisionTransformer
 
     cls_name, kwargs = CASES[name]
     cls = {"VisionTransformer": VisionTransformer, "VisionTransformerDistilled": VisionTransformerDistilled,
-           "Beit": Beit}[cls_name]
+           "Beit": Beit, "Eva": Eva}[cls_name]
+    kwargs = {**kwargs, **overrides}
+    if isinstance(kwargs.get("mlp_layer"), str):
+        kwargs["mlp_layer"] = getattr(timm.layers, kwargs["mlp_layer"])
     torch.manual_seed(seed)
-    return randomize(cls(**{**kwargs, **overrides}), seed)
+    return randomize(cls(**kwargs), seed)
 
 
 def make_named(name: str, seed: int = 0, **kwargs) -> torch.nn.Module:

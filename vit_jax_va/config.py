@@ -45,7 +45,17 @@ class ViTConfig:
       proj_bias: bias on the attention output projection and the MLP layers.
       qk_norm: LayerNorm over the head dim on every head's queries and keys (timm `qk_norm`;
         one norm per block for all heads), before the scaled product.
-      act: the MLP activation, one of `ACTIVATIONS` (timm `act_layer`).
+      act: the MLP activation, one of `ACTIVATIONS` (timm `act_layer`); unused with `swiglu`.
+      swiglu: a SwiGLU MLP, fc2(silu(fc1_g x) * fc1_x x) with `mlp_hidden` gate and value units
+        (EVA-02, DINOv2 giant; timm `SwiGLU` / `SwiGLUPacked`).
+      mlp_norm: a LayerNorm over the MLP's hidden units before fc2 (timm `scale_mlp` /
+        `scale_mlp_norm`: EVA-02's inner norm).
+      rope: EVA-02's rotary position embedding (`vit_jax_va.positions.rotary_embedding`) on every
+        head's patch queries and keys, after `qk_norm`; prefix tokens are not rotated.
+      rope_ref_grid: the grid the rotary coordinates are rescaled to (timm `ref_feat_shape`: the
+        pre-training grid), or None for the plain patch indices.
+      rope_temperature, rope_offset, rope_xy, rope_rotate_half: timm's `rope_temperature`,
+        `rope_grid_offset`, `rope_grid_indexing == 'xy'` and `rope_rotate_half`.
       rel_pos_bias: BEiT's relative position bias: each block learns a bias per head for every
         (query, key) offset on the patch grid, plus three for class -> patch, patch -> class
         and class -> class, added to the attention logits before the softmax. Needs the class
@@ -82,7 +92,15 @@ class ViTConfig:
     proj_bias: bool = True
     qk_norm: bool = False
     act: str = "gelu"
+    swiglu: bool = False
+    mlp_norm: bool = False
     rel_pos_bias: bool = False
+    rope: bool = False
+    rope_ref_grid: tuple[int, int] | None = None
+    rope_temperature: float = 10000.0
+    rope_offset: float = 0.0
+    rope_xy: bool = False
+    rope_rotate_half: bool = False
     class_token: bool = True
     distillation_token: bool = False
     num_register_tokens: int = 0
@@ -108,6 +126,8 @@ class ViTConfig:
         object.__setattr__(self, "patch_size", _pair(self.patch_size))
         object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
         object.__setattr__(self, "std", tuple(float(s) for s in self.std))
+        if self.rope_ref_grid is not None:
+            object.__setattr__(self, "rope_ref_grid", _pair(self.rope_ref_grid))
         if self.class_names is not None:
             object.__setattr__(self, "class_names", tuple(str(c) for c in self.class_names))
         problems = []
@@ -123,6 +143,10 @@ class ViTConfig:
             problems.append(f"act={self.act!r} is not one of {ACTIVATIONS}")
         if self.rel_pos_bias and not (self.class_token and self.num_prefix_tokens == 1):
             problems.append("rel_pos_bias=True needs the class token as the only prefix token")
+        if self.rope and self.head_dim % 4:
+            problems.append(f"rope=True needs a head dim divisible by 4; got {self.head_dim}")
+        if self.rope_ref_grid is not None and not self.rope:
+            problems.append("rope_ref_grid is set without rope=True")
         if self.pool == "token" and not self.class_token:
             problems.append("pool='token' needs class_token=True")
         if self.distillation_token and not self.class_token:
@@ -173,7 +197,8 @@ class ViTConfig:
 
     @property
     def mlp_hidden(self) -> int:
-        return int(self.width * self.mlp_ratio)
+        # The epsilon keeps a ratio read off a checkpoint (hidden / width) from rounding down.
+        return int(self.width * self.mlp_ratio + 1e-6)
 
     @property
     def num_heads_total(self) -> int:

@@ -54,33 +54,51 @@ def is_hf_source(spec: str | Path) -> bool:
     return (path / "config.json").is_file() and not (path / "vit_jax_va.json").is_file()
 
 
-def resolve_model(spec: str, model_name: str | None = None) -> ViT:
+def resolve_model(spec: str, model_name: str | None = None,
+                  image_size: int | tuple[int, int] | None = None) -> ViT:
     """The model `spec` names (see the module docstring); `model_name` is the timm
-    architecture of a checkpoint file."""
+    architecture of a checkpoint file.
+
+    With `image_size` (pixels: an int or (height, width)), the model runs at that size: a
+    converted model's position embedding is resampled by its source library (transformers'
+    interpolation, timm's resampling; timm's for a `.npz` file), and a vit_jax_va checkpoint's
+    (the demo's too) by timm's, so that needs the `[timm]` extra.
+    """
     from vit_jax_va import checkpoint
 
-    if spec == "demo":
-        from vit_jax_va.demo import load_demo_model
-
-        return load_demo_model()
     path = Path(spec)
     if is_hf_source(spec):
         require_hf(f"--model {spec!r} (a Hugging Face model)")
         import converters
 
-        return converters.from_hf(spec)
-    if path.is_dir():
-        return checkpoint.load(path)
+        return converters.from_hf(spec, image_size=image_size)
+    if spec == "demo" or path.is_dir():
+        if spec == "demo":
+            from vit_jax_va.demo import load_demo_model
+
+            model = load_demo_model()
+        else:
+            model = checkpoint.load(path)
+        if image_size is None or _pair(image_size) == model.config.image_size:
+            return model
+        require_timm(f"--model {spec!r} at another image size (timm resamples its position embedding)")
+        import converters
+
+        return converters.resized(model, image_size)
     if path.is_file() and path.suffix.lower() == ".npz":
         require_timm(f"--model {spec!r} (a Google .npz checkpoint)")
         import converters
 
-        return converters.from_npz(path)
+        return converters.from_npz(path, image_size=image_size)
     require_timm(f"--model {spec!r} (not a vit_jax_va checkpoint directory, so a timm model "
                  "name or file to convert)")
     import converters
 
-    return converters.from_timm(spec, model_name=model_name)
+    return converters.from_timm(spec, model_name=model_name, image_size=image_size)
+
+
+def _pair(size: int | tuple[int, int]) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
 def resolve_data(spec: str) -> ImageDataset:
@@ -135,7 +153,8 @@ class SweepInputs:
 
 def sweep_inputs(*, model: str = "demo", data: str = "demo", out: str | Path | None = None,
                  runs_dir: str | Path = "runs", images: int | None = None,
-                 model_name: str | None = None, options: SweepOptions = SweepOptions(),
+                 model_name: str | None = None, image_size: int | tuple[int, int] | None = None,
+                 options: SweepOptions = SweepOptions(),
                  retire_stale_demo: bool = True,
                  log: Callable[[str], None] = print) -> SweepInputs:
     """Resolve a sweep's model, images and run directory.
@@ -145,6 +164,8 @@ def sweep_inputs(*, model: str = "demo", data: str = "demo", out: str | Path | N
       out: the run directory; default `default_run_dir(model, data, runs_dir)`.
       images: use only the first N readable images (unreadable files are skipped and logged).
       model_name: timm architecture of a checkpoint file.
+      image_size: run the model at this size (`resolve_model`); the run's manifest records the
+        config, so the explorer loads the model at the same size.
       retire_stale_demo: move aside a default demo run of an earlier demo model, so that the
         default sweep starts afresh (off under `--distributed`, where hosts share `out`).
     """
@@ -154,6 +175,6 @@ def sweep_inputs(*, model: str = "demo", data: str = "demo", out: str | Path | N
             from vit_jax_va.demo import retire_stale_demo_run
 
             retire_stale_demo_run(out, log=log)
-    return SweepInputs(model=resolve_model(model, model_name),
+    return SweepInputs(model=resolve_model(model, model_name, image_size),
                        dataset=usable_images(resolve_data(data), images, log=log),
                        options=options, out=Path(out), model_source=model_provenance(model))

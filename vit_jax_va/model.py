@@ -14,16 +14,15 @@ H heads, D head dim, L layers, K classes.
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from vit_jax_va.config import ViTConfig
+from vit_jax_va.positions import relative_position_index, rotary_embedding, rotate
 
 _linear_init = nnx.initializers.truncated_normal(stddev=0.02)
 
@@ -106,23 +105,6 @@ def _softmax_attention(q: jax.Array, k: jax.Array, head_dim: int, bias: jax.Arra
     return jax.nn.softmax(logits if bias is None else logits + bias, axis=-1)
 
 
-@functools.lru_cache(maxsize=16)
-def relative_position_index(grid: tuple[int, int]) -> np.ndarray:
-    """BEiT's `[T, T]` index into the relative position bias table (T = 1 + rows * cols, the
-    class token first): patch pairs by their (row, col) offset, then one entry each for class
-    -> patch (row 0), patch -> class (column 0) and class -> class."""
-    rows, cols = grid
-    r, c = np.divmod(np.arange(rows * cols), cols)
-    offsets = (r[:, None] - r[None, :] + rows - 1) * (2 * cols - 1) + (c[:, None] - c[None, :] + cols - 1)
-    size = (2 * rows - 1) * (2 * cols - 1)
-    index = np.empty((rows * cols + 1,) * 2, np.int32)
-    index[1:, 1:] = offsets
-    index[0, :] = size
-    index[:, 0] = size + 1
-    index[0, 0] = size + 2
-    return index
-
-
 class Attention(nnx.Module):
     """Multi-head self-attention, computed head by head, with head and region masks.
 
@@ -154,7 +136,19 @@ class Attention(nnx.Module):
             self.grid = tuple(config.grid)  # the index is computed from it: static, not state
         else:
             self.relative_position_bias_table = None
+        # EVA-02's rotary embedding: its settings are static, the tables come from the grid.
+        self.rope = ((tuple(config.grid), config.head_dim, config.rope_ref_grid, config.rope_temperature,
+                      config.rope_offset, config.rope_xy, config.rope_rotate_half) if config.rope else None)
+        self.num_prefix_tokens = config.num_prefix_tokens
         self.proj = _linear(config.width, config.width, config.proj_bias, rngs)
+
+    def _rotated(self, x: jax.Array, sin: jax.Array, cos: jax.Array) -> jax.Array:
+        """The rotary embedding on the patch rows of `x` `[B, R, D]` (R <= T); prefix rows stay."""
+        p = self.num_prefix_tokens
+        if x.shape[1] <= p:
+            return x
+        turned = rotate(x[:, p:], sin[:x.shape[1] - p], cos[:x.shape[1] - p], self.rope[-1])
+        return jnp.concatenate([x[:, :p], turned], axis=1) if p else turned
 
     def heads(self, x: jax.Array, rows: int | None = None,
               region_mask: jax.Array | None = None) -> list[tuple[jax.Array, jax.Array]]:
@@ -175,6 +169,10 @@ class Attention(nnx.Module):
         if self.relative_position_bias_table is not None:
             index = relative_position_index(self.grid)[slice(rows)]
             bias = self.relative_position_bias_table[...][index]  # [R, T, H]
+        if self.rope is not None:
+            grid, dim, ref, temperature, offset, xy, half = self.rope
+            sin, cos = (jnp.asarray(t) for t in rotary_embedding(
+                grid, dim, ref_grid=ref, temperature=temperature, offset=offset, xy=xy, rotate_half=half))
 
         out = []
         for h in range(heads):
@@ -183,6 +181,8 @@ class Attention(nnx.Module):
                 q = q[:, :rows]
             if self.q_norm is not None:
                 q, k = self.q_norm(q), self.k_norm(k)
+            if self.rope is not None:
+                q, k = self._rotated(q, sin, cos), self._rotated(k, sin, cos)
             attention = _softmax_attention(q, k, head_dim, None if bias is None else bias[None, :, :, h])
             if region_mask is not None:
                 attention = attention * region_mask[h, :q.shape[1]][None]
@@ -202,18 +202,46 @@ class Attention(nnx.Module):
         return self.proj(_rows(heads)).reshape(b, r, -1)
 
 
-class Mlp(nnx.Module):
-    """fc2(act(fc1 x)), with the config's activation; biases as `proj_bias` unless `bias` says."""
+def _hidden_norm(config: ViTConfig, rngs: nnx.Rngs) -> nnx.LayerNorm | None:
+    """The LayerNorm over an MLP's hidden units (`mlp_norm`), or None."""
+    return (nnx.LayerNorm(config.mlp_hidden, epsilon=config.layer_norm_eps, rngs=rngs)
+            if config.mlp_norm else None)
 
-    def __init__(self, config: ViTConfig, *, rngs: nnx.Rngs, bias: bool | None = None):
+
+class Mlp(nnx.Module):
+    """fc2(norm(act(fc1 x))), with the config's activation (`norm` only with `mlp_norm`); biases
+    as `proj_bias` unless `bias` says."""
+
+    def __init__(self, config: ViTConfig, *, rngs: nnx.Rngs, bias: bool | None = None,
+                 norm: bool = True):
         bias = config.proj_bias if bias is None else bias
         self.act = config.act
         self.fc1 = _linear(config.width, config.mlp_hidden, bias, rngs)
+        self.norm = _hidden_norm(config, rngs) if norm else None
         self.fc2 = _linear(config.mlp_hidden, config.width, bias, rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """`[..., C]` -> `[..., C]`."""
-        return self.fc2(ACTIVATIONS[self.act](self.fc1(_rows(x)))).reshape(x.shape)
+        hidden = ACTIVATIONS[self.act](self.fc1(_rows(x)))
+        return self.fc2(hidden if self.norm is None else self.norm(hidden)).reshape(x.shape)
+
+
+class SwiGLU(nnx.Module):
+    """fc2(norm(silu(fc1_g x) * fc1_x x)): the gated MLP of EVA-02 and DINOv2 giant (timm
+    `SwiGLU`; `norm` only with `mlp_norm`)."""
+
+    def __init__(self, config: ViTConfig, *, rngs: nnx.Rngs):
+        bias, hidden = config.proj_bias, config.mlp_hidden
+        self.fc1_g = _linear(config.width, hidden, bias, rngs)
+        self.fc1_x = _linear(config.width, hidden, bias, rngs)
+        self.norm = _hidden_norm(config, rngs)
+        self.fc2 = _linear(hidden, config.width, bias, rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """`[..., C]` -> `[..., C]`."""
+        rows = _rows(x)
+        hidden = jax.nn.silu(self.fc1_g(rows)) * self.fc1_x(rows)
+        return self.fc2(hidden if self.norm is None else self.norm(hidden)).reshape(x.shape)
 
 
 class AttentionPool(nnx.Module):
@@ -229,7 +257,7 @@ class AttentionPool(nnx.Module):
         self.kv = _linear(config.width, 2 * config.width, True, rngs)
         self.proj = _linear(config.width, config.width, True, rngs)
         self.norm = _layer_norm(config, rngs)
-        self.mlp = Mlp(config, rngs=rngs, bias=True)
+        self.mlp = Mlp(config, rngs=rngs, bias=True, norm=False)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         b, t, c = x.shape
@@ -253,7 +281,7 @@ class Block(nnx.Module):
         self.attn = Attention(config, rngs=rngs)
         self.ls1 = LayerScale(config.width) if config.layer_scale else None
         self.norm2 = _layer_norm(config, rngs)
-        self.mlp = Mlp(config, rngs=rngs)
+        self.mlp = SwiGLU(config, rngs=rngs) if config.swiglu else Mlp(config, rngs=rngs)
         self.ls2 = LayerScale(config.width) if config.layer_scale else None
 
     def heads(self, x: jax.Array, rows: int | None = None,
