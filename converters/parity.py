@@ -59,7 +59,8 @@ def _product_of_norms(timm_model: Any, attn: Any) -> bool:
     """Whether the attention logits of `attn` are exactly q_norm's output times k_norm's."""
     if not hasattr(attn, "q_norm"):
         return False  # BEiT: no norms to read, and a relative position bias
-    return getattr(timm_model, "rope", None) is None
+    # vit_relpos_*: a bias on the logits; EVA: queries and keys rotated after the norms.
+    return getattr(attn, "rel_pos", None) is None and getattr(timm_model, "rope", None) is None
 
 
 def parity_report(source: Any, model: ViT, num_images: int = 4, seed: int = 0) -> dict[str, float]:

@@ -19,8 +19,9 @@ import numpy as np
 from flax import nnx
 
 from converters.strict import strict_load
-from converters.timm_config import UnsupportedModelError, config_from_timm, create_timm_model
-from converters.timm_names import from_family_names, timm_key, to_family_names, timm_layout, to_ours, to_torch_layout
+from converters.timm_config import UnsupportedModelError, config_from_timm, create_timm_model, timm_family
+from converters.timm_names import from_family_names, timm_key, timm_layout, to_family_names, to_ours, to_torch_layout
+from converters.timm_relpos import is_relpos, relpos_state_dict
 from converters.torch_files import local_file, numpy_state_dict, read_state_dict
 from vit_jax_va.checkpoint import CheckpointError
 from vit_jax_va.config import ViTConfig
@@ -61,7 +62,10 @@ def from_timm(source: Any, model_name: str | None = None, *, config: ViTConfig |
         return from_timm(at_image_size(module, image_size))
 
     if isinstance(source, nn.Module):
-        return _from_state_dict(numpy_state_dict(source.state_dict()), config_from_timm(source))
+        config = config_from_timm(source)
+        if is_relpos(source):  # its position bias is read off the module
+            return _from_state_dict(relpos_state_dict(source, _refuse_for(source)), config)
+        return _from_state_dict(numpy_state_dict(source.state_dict()), config)
     if isinstance(source, Mapping):
         state_dict = numpy_state_dict(source)
         origin = "the state dict"
@@ -76,8 +80,17 @@ def from_timm(source: Any, model_name: str | None = None, *, config: ViTConfig |
                         "a state dict, a checkpoint path or a timm model name")
     if config is None:
         _require_architecture(origin, model_name, "or config=")
-        config = config_from_timm(_create_architecture(model_name, state_dict, model_kwargs))
+        architecture = _create_architecture(model_name, state_dict, model_kwargs)
+        if is_relpos(architecture) and any(".attn.rel_pos." in k for k in state_dict):
+            return from_timm(source_module(source, model_name, **model_kwargs))
+        config = config_from_timm(architecture)
     return _from_state_dict(state_dict, config, origin)
+
+
+def _refuse_for(module: Any):
+    def refuse(setting: str) -> None:
+        raise UnsupportedModelError(f"{type(module).__name__}: {setting} is not supported by vit_jax_va.ViT")
+    return refuse
 
 
 def _require_architecture(origin: str, model_name: str | None, alternative: str = "") -> None:
@@ -191,14 +204,19 @@ def _from_state_dict(state_dict: Mapping[str, np.ndarray], config: ViTConfig,
 
 def to_timm(model: ViT) -> dict[str, np.ndarray]:
     """A timm state dict (numpy float32) that timm's `load_state_dict(strict=True)` accepts for
-    `create_timm_model(model.config)` (a `VisionTransformer`, or a `Beit` / `Eva` for a relative
-    position bias / rotary embedding, in their names); `from_timm(to_timm(m), config=m.config)`
+    `create_timm_model(model.config, ...)` (a `VisionTransformer`, or a `Beit` or
+    `VisionTransformerRelPos` / `Eva` for a relative position bias / rotary embedding, in their
+    names: `timm_family`); `from_timm(to_timm(m), config=m.config)`
     is bit-exact."""
     config = model.config
     state_dict = {timm_key(path): np.ascontiguousarray(to_torch_layout(path, np.asarray(var.get_value())))
                   for path, var in nnx.to_flat_state(nnx.state(model))}
     if config.rope:
         return to_family_names(state_dict, "eva", packed_mlp=config.swiglu and not config.mlp_norm)
-    if config.rel_pos_bias:
+    family = timm_family(config, state_dict)
+    if family == "beit":
         return to_family_names(state_dict, "beit")
+    if family == "relpos":  # VisionTransformerRelPos: the table inside attn.rel_pos
+        return {k.replace(".attn.relative_position_bias_table", ".attn.rel_pos.relative_position_bias_table"): v
+                for k, v in state_dict.items()}
     return state_dict

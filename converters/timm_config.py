@@ -40,14 +40,18 @@ def config_from_timm(model: Any) -> ViTConfig:
 
     from converters.timm_beit import beit_fields
     from converters.timm_eva import eva_fields
+    from converters.timm_relpos import is_relpos, relpos_fields
 
     if isinstance(model, Beit):
         return _config_from_family(model, beit_fields, refuse)
     if isinstance(model, Eva):
         return _config_from_family(model, eva_fields, refuse)
+    if is_relpos(model):
+        return _config_from_family(model, relpos_fields, refuse)
     if not isinstance(model, VisionTransformer):
         refuse(f"model class {type(model).__module__}.{type(model).__name__} "
-               "(timm VisionTransformer, VisionTransformerDistilled, Beit and Eva are read)")
+               "(timm VisionTransformer, VisionTransformerDistilled, VisionTransformerRelPos, Beit and "
+               "Eva are read)")
     if type(model.patch_embed) is not PatchEmbed:
         refuse(f"patch embedding {type(model.patch_embed).__name__}")
     if not isinstance(model.patch_embed.norm, nn.Identity):
@@ -317,24 +321,56 @@ def timm_kwargs(config: ViTConfig) -> dict[str, Any]:
     return kwargs
 
 
+def timm_family(config: ViTConfig, state_dict: Mapping[str, Any] | None = None) -> str:
+    """Which timm class writes `config`: 'eva' (a rotary embedding), 'beit' or 'relpos' (a
+    relative position bias: `Beit` when it takes the config and, given `state_dict` in our
+    names, the key bias is zero, which `Beit` lacks; else `VisionTransformerRelPos`), or 'vit'
+    (`VisionTransformer`, `VisionTransformerDistilled`)."""
+    from converters.timm_beit import beit_kwargs
+    from converters.timm_relpos import relpos_kwargs
+
+    if config.rope:
+        return "eva"
+    if not config.rel_pos_bias:
+        return "vit"
+    try:
+        beit_kwargs(config)
+    except ValueError as beit_refusal:
+        try:
+            relpos_kwargs(config)
+        except ValueError as relpos_refusal:
+            raise ValueError(f"{beit_refusal}; {relpos_refusal}") from None
+        return "relpos"
+    biases = [v for k, v in (state_dict or {}).items() if k.endswith(".attn.qkv.bias")]
+    return "relpos" if any(np.any(np.split(np.asarray(b), 3)[1] != 0) for b in biases) else "beit"
+
+
 def create_timm_model(config: ViTConfig, state_dict: Mapping[str, Any] | None = None) -> Any:
-    """A timm model with `config`'s architecture in eval mode, loaded strictly from `state_dict`:
-    a `VisionTransformer` (`VisionTransformerDistilled`), a `Beit` for a relative position bias,
-    an `Eva` for a rotary embedding (`converters.timm_beit`, `converters.timm_eva` say which
-    configs they can write)."""
+    """A timm model with `config`'s architecture in eval mode, loaded strictly from `state_dict`
+    (in the class's names, as `converters.to_timm` writes them): a `VisionTransformer`
+    (`VisionTransformerDistilled`), a `Beit` or a `VisionTransformerRelPos` for a relative
+    position bias, an `Eva` for a rotary embedding (`timm_family`; `converters.timm_beit`,
+    `timm_relpos`, `timm_eva` say which configs they can write)."""
     import torch
     from timm.models.beit import Beit
     from timm.models.deit import VisionTransformerDistilled
     from timm.models.eva import Eva
     from timm.models.vision_transformer import VisionTransformer
+    from timm.models.vision_transformer_relpos import VisionTransformerRelPos
 
     from converters.timm_beit import beit_kwargs
     from converters.timm_eva import eva_kwargs
+    from converters.timm_relpos import relpos_kwargs
 
-    if config.rope:
+    family = timm_family(config)
+    if family == "beit" and state_dict is not None and any(".attn.rel_pos." in k for k in state_dict):
+        family = "relpos"  # to_timm wrote it so (a nonzero key bias)
+    if family == "eva":
         model = Eva(**eva_kwargs(config))
-    elif config.rel_pos_bias:
+    elif family == "beit":
         model = Beit(**beit_kwargs(config))
+    elif family == "relpos":
+        model = VisionTransformerRelPos(**relpos_kwargs(config))
     else:
         cls = VisionTransformerDistilled if config.distillation_token else VisionTransformer
         model = cls(**timm_kwargs(config))

@@ -43,6 +43,7 @@ def from_family_names(state_dict: Mapping[str, np.ndarray], swiglu: bool = False
     """timm `Beit` and `Eva` keys -> the `VisionTransformer` keys ours mirror; other keys pass.
 
     - `blocks.i.gamma_1`/`gamma_2` -> `ls1.gamma`/`ls2.gamma`;
+    - `VisionTransformerRelPos`'s `attn.rel_pos.relative_position_bias_table` -> BEiT's place;
     - `attn.q_bias` and `attn.v_bias` -> one `attn.qkv.bias` with a zero key part;
     - Eva's separate `attn.q_proj`/`k_proj`/`v_proj` -> one `attn.qkv` (the key has no bias);
     - with `swiglu`, a packed `mlp.fc1` (`SwiGLUPacked`: gate first) -> `mlp.fc1_g`, `mlp.fc1_x`.
@@ -50,7 +51,9 @@ def from_family_names(state_dict: Mapping[str, np.ndarray], swiglu: bool = False
     out = {}
     for key, value in state_dict.items():
         stem, _, leaf = key.rpartition(".")
-        if leaf in ("gamma_1", "gamma_2"):
+        if key.endswith(".attn.rel_pos.relative_position_bias_table"):  # VisionTransformerRelPos
+            out[key.replace(".rel_pos.", ".")] = value
+        elif leaf in ("gamma_1", "gamma_2"):
             out[f"{stem}.ls{leaf[-1]}.gamma"] = value
         elif key.endswith(".attn.q_bias"):
             v_bias = state_dict.get(stem + ".v_bias")

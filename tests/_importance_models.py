@@ -27,6 +27,9 @@ CONFIGS = {
     "map_gelu_tanh": ViTConfig(**{**TINY, "depth": 2}, pool="map", class_token=False, act="gelu_tanh"),
     # BEiT's layout: relative position bias, no absolute position embedding, class-token pooling.
     "rel_pos_bias": ViTConfig(**{**TINY, "depth": 2}, rel_pos_bias=True, pos_embed=False, layer_scale=True),
+    # timm's vit_relpos_* layout: a relative position bias without a class token.
+    "rel_pos_bias_no_class_token": ViTConfig(**{**TINY, "depth": 2}, rel_pos_bias=True, pos_embed=False,
+                                             class_token=False, pool="avg", fc_norm=True),
     # EVA-02's layout: rotary embedding on a reference grid, SwiGLU with its inner norm.
     "rope_swiglu": ViTConfig(**{**TINY, "depth": 2}, rope=True, rope_ref_grid=(3, 3), swiglu=True,
                              mlp_norm=True, layer_scale=True),

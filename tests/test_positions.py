@@ -55,11 +55,15 @@ def test_rotated_products_depend_only_on_the_offset(rotate_half):
     assert max(means) - min(means) > 0.1
 
 
-def test_relative_position_index_equals_timms_beit_index():
-    from timm.models.beit import gen_relative_position_index
+def test_relative_position_index_equals_timms():
+    from timm.layers.pos_embed_rel import gen_relative_position_index as relpos_index
+    from timm.models.beit import gen_relative_position_index as beit_index
 
     for grid in ((4, 4), (3, 5)):
-        np.testing.assert_array_equal(relative_position_index(grid), gen_relative_position_index(grid).numpy())
+        np.testing.assert_array_equal(relative_position_index(grid), beit_index(grid).numpy())
+        for class_token in (True, False):
+            np.testing.assert_array_equal(relative_position_index(grid, class_token),
+                                          relpos_index(grid, class_token=class_token).numpy())
 
 
 def test_rotary_embedding_needs_a_head_dim_divisible_by_four():

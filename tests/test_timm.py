@@ -114,7 +114,7 @@ def test_to_timm_round_trip_is_bit_exact_and_timm_loads_it_strictly():
                  "qk_norm_quick_gelu", "map_no_class_token_gelu_tanh", "swiglu_packed_scale_mlp_norm",
                  "beit_rel_pos_token_rect_headless", "beit_swiglu_scale_mlp", "eva02_rope_swiglu",
                  "eva02_unfused_qkv_scale_mlp_rect", "eva_rope_register_gap_xy_qk_norm",
-                 "eva_rope_half_pre_norm_token"):
+                 "eva_rope_half_pre_norm_token", "relpos_bias_token_qk_norm_layer_scale"):
         model = converters.from_timm(make_case(case))
         state_dict = converters.to_timm(model)
         timm_model = converters.create_timm_model(model.config, state_dict)  # strict load
@@ -224,11 +224,23 @@ def test_unsupported_eva_settings_are_refused_by_name(kwargs, setting):
         converters.from_timm(make_case("eva02_rope_swiglu", **kwargs))
 
 
+def test_relpos_shared_bias_is_refused_and_files_are_read_through_timms_module(tmp_path):
+    from safetensors.torch import save_file
+
+    with pytest.raises(UnsupportedModelError, match="shared_rel_pos"):
+        converters.from_timm(make_case("relpos_mlp_gap", shared_rel_pos=True))
+    # A file's RelPosMlp weights are not a table: the file is loaded into timm's module first.
+    timm_model = make_named("vit_relpos_small_patch16_224", num_classes=5)
+    save_file(timm_model.state_dict(), tmp_path / "relpos.safetensors")
+    model = converters.from_timm(tmp_path / "relpos.safetensors", model_name="vit_relpos_small_patch16_224")
+    assert vit_jax_va.weights_hash(model) == vit_jax_va.weights_hash(converters.from_timm(timm_model))
+
+
 def test_a_config_timm_cannot_build_is_refused_by_name():
     model = converters.from_timm(make_case("eva02_rope_swiglu"))
     with pytest.raises(ValueError, match="Eva cannot take distillation_token=True"):
         converters.create_timm_model(model.config.replace(distillation_token=True, pool="token"))
-    with pytest.raises(ValueError, match="Beit cannot take .*qk_norm=True"):
+    with pytest.raises(ValueError, match="Beit cannot take .*; timm's VisionTransformerRelPos cannot take"):
         converters.create_timm_model(model.config.replace(rope=False, rope_ref_grid=None, rel_pos_bias=True,
                                                           qk_norm=True, pool="avg"))
 

@@ -59,6 +59,14 @@ CASES = {
         "Eva", {**TINY, "class_token": False, "num_reg_tokens": 1, "global_pool": "avg", "use_abs_pos_emb": False,
                 "use_rot_pos_emb": True, "rope_grid_offset": 1.0, "rope_grid_indexing": "xy", "qk_norm": True,
                 "init_values": 1e-5}),
+    # timm's vit_relpos_*: a relative position bias from an MLP of log-spaced offsets, no class
+    # token; with a learned table, a class token, qk-norm and layer scale; Swin's MLP variant.
+    "relpos_mlp_gap": ("VisionTransformerRelPos", {**TINY, "fc_norm": True}),
+    "relpos_bias_token_qk_norm_layer_scale": (
+        "VisionTransformerRelPos", {**TINY, "rel_pos_type": "bias", "class_token": True, "global_pool": "token",
+                                    "qk_norm": True, "init_values": 1e-5}),
+    "relpos_swin_mlp_class_token_gap": (
+        "VisionTransformerRelPos", {**TINY, "rel_pos_type": "mlp_swin", "class_token": True, "img_size": (32, 48)}),
     "eva_rope_half_pre_norm_token": (
         "Eva", {**TINY, "use_rot_pos_emb": True, "rope_rotate_half": True, "use_pre_transformer_norm": True,
                 "global_pool": "token", "qkv_bias": False}),
@@ -67,7 +75,8 @@ CASES = {
 # Real timm architectures (random init): names as users pass them.
 NAMED = ["vit_tiny_patch16_224", "deit_tiny_distilled_patch16_224", "deit3_small_patch16_224",
          "vit_little_patch16_reg4_gap_256", "vit_base_patch32_clip_quickgelu_224",
-         "vit_base_patch32_siglip_256", "beitv2_base_patch16_224", "eva02_tiny_patch14_224"]
+         "vit_base_patch32_siglip_256", "beitv2_base_patch16_224", "eva02_tiny_patch14_224",
+         "vit_relpos_small_patch16_224"]
 
 
 def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -85,10 +94,11 @@ def make_case(name: str, seed: int = 0, **overrides) -> torch.nn.Module:
     from timm.models.deit import VisionTransformerDistilled
     from timm.models.eva import Eva
     from timm.models.vision_transformer import VisionTransformer
+    from timm.models.vision_transformer_relpos import VisionTransformerRelPos
 
     cls_name, kwargs = CASES[name]
     cls = {"VisionTransformer": VisionTransformer, "VisionTransformerDistilled": VisionTransformerDistilled,
-           "Beit": Beit, "Eva": Eva}[cls_name]
+           "Beit": Beit, "Eva": Eva, "VisionTransformerRelPos": VisionTransformerRelPos}[cls_name]
     kwargs = {**kwargs, **overrides}
     if isinstance(kwargs.get("mlp_layer"), str):
         kwargs["mlp_layer"] = getattr(timm.layers, kwargs["mlp_layer"])

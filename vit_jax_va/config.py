@@ -58,8 +58,8 @@ class ViTConfig:
         `rope_grid_offset`, `rope_grid_indexing == 'xy'` and `rope_rotate_half`.
       rel_pos_bias: BEiT's relative position bias: each block learns a bias per head for every
         (query, key) offset on the patch grid, plus three for class -> patch, patch -> class
-        and class -> class, added to the attention logits before the softmax. Needs the class
-        token as the only prefix token.
+        and class -> class (with a class token), added to the attention logits before the
+        softmax. No prefix token but the class token (timm's `vit_relpos_*` have none).
       class_token: prepend a learned class token.
       distillation_token: DeiT's distillation token (token 1) and its second head.
       num_register_tokens: learned register tokens after the class token.
@@ -141,8 +141,8 @@ class ViTConfig:
             problems.append(f"pool={self.pool!r} is not one of {POOLS}")
         if self.act not in ACTIVATIONS:
             problems.append(f"act={self.act!r} is not one of {ACTIVATIONS}")
-        if self.rel_pos_bias and not (self.class_token and self.num_prefix_tokens == 1):
-            problems.append("rel_pos_bias=True needs the class token as the only prefix token")
+        if self.rel_pos_bias and self.num_prefix_tokens != int(self.class_token):
+            problems.append("rel_pos_bias=True allows no prefix token but the class token")
         if self.rope and self.head_dim % 4:
             problems.append(f"rope=True needs a head dim divisible by 4; got {self.head_dim}")
         if self.rope_ref_grid is not None and not self.rope:

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from vit_jax_va.config import ViTConfig
-from vit_jax_va.positions import relative_position_index, rotary_embedding, rotate
+from vit_jax_va.positions import relative_position_index, relative_table_size, rotary_embedding, rotate
 
 _linear_init = nnx.initializers.truncated_normal(stddev=0.02)
 
@@ -130,10 +130,10 @@ class Attention(nnx.Module):
         self.q_norm = norm() if config.qk_norm else None
         self.k_norm = norm() if config.qk_norm else None
         if config.rel_pos_bias:
-            rows, cols = config.grid
-            self.relative_position_bias_table = nnx.Param(
-                _linear_init(rngs.params(), ((2 * rows - 1) * (2 * cols - 1) + 3, config.num_heads)))
-            self.grid = tuple(config.grid)  # the index is computed from it: static, not state
+            self.relative_position_bias_table = nnx.Param(_linear_init(
+                rngs.params(), (relative_table_size(config.grid, config.class_token), config.num_heads)))
+            # The index is computed from these: static, not state.
+            self.grid, self.class_token = tuple(config.grid), config.class_token
         else:
             self.relative_position_bias_table = None
         # EVA-02's rotary embedding: its settings are static, the tables come from the grid.
@@ -167,7 +167,7 @@ class Attention(nnx.Module):
         qkv = self.qkv(_rows(x)).reshape(b, t, 3, heads, head_dim)
         bias = None
         if self.relative_position_bias_table is not None:
-            index = relative_position_index(self.grid)[slice(rows)]
+            index = relative_position_index(self.grid, self.class_token)[slice(rows)]
             bias = self.relative_position_bias_table[...][index]  # [R, T, H]
         if self.rope is not None:
             grid, dim, ref, temperature, offset, xy, half = self.rope

@@ -17,13 +17,16 @@ import numpy as np
 
 
 @functools.lru_cache(maxsize=16)
-def relative_position_index(grid: tuple[int, int]) -> np.ndarray:
-    """BEiT's `[T, T]` index into the relative position bias table (T = 1 + rows * cols, the
-    class token first): patch pairs by their (row, col) offset, then one entry each for class
-    -> patch (row 0), patch -> class (column 0) and class -> class."""
+def relative_position_index(grid: tuple[int, int], class_token: bool = True) -> np.ndarray:
+    """BEiT's `[T, T]` index into the relative position bias table (`relative_table_size`
+    entries): patch pairs by their (row, col) offset; with the class token (first, T = 1 + rows *
+    cols) one entry each for class -> patch (row 0), patch -> class (column 0) and class ->
+    class. Without it (timm's `vit_relpos_*` without class token) T = rows * cols."""
     rows, cols = grid
     r, c = np.divmod(np.arange(rows * cols), cols)
     offsets = (r[:, None] - r[None, :] + rows - 1) * (2 * cols - 1) + (c[:, None] - c[None, :] + cols - 1)
+    if not class_token:
+        return offsets.astype(np.int32)
     size = (2 * rows - 1) * (2 * cols - 1)
     index = np.empty((rows * cols + 1,) * 2, np.int32)
     index[1:, 1:] = offsets
@@ -31,6 +34,13 @@ def relative_position_index(grid: tuple[int, int]) -> np.ndarray:
     index[:, 0] = size + 1
     index[0, 0] = size + 2
     return index
+
+
+def relative_table_size(grid: tuple[int, int], class_token: bool = True) -> int:
+    """Entries of a relative position bias table for `grid`: one per (row, col) offset, plus
+    three for the class token."""
+    rows, cols = grid
+    return (2 * rows - 1) * (2 * cols - 1) + 3 * int(class_token)
 
 
 @functools.lru_cache(maxsize=16)
