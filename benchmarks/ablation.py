@@ -302,7 +302,7 @@ def main() -> None:
           f"2048^3 float32 matmul in jax ({result['matmul_gflop_per_s']:.1f} GFLOP/s)")
     stages["rest (removal, classifier, metrics, loops)"] = max(0.0, ours_s - sum(stages.values()))
     print("where the time goes (stages timed alone, scaled by how often the sweep runs them; "
-          f"the rest is measured minus their sum):")
+          "the rest is measured minus their sum):")
     for name, seconds in stages.items():
         print(f"  {name:44s} {seconds:7.2f} s  {seconds / ours_s:5.0%}")
     if args.json:

@@ -3,6 +3,7 @@ post-softmax attention on the same inputs."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import jax
@@ -64,8 +65,9 @@ def _product_of_norms(timm_model: Any, attn: Any) -> bool:
 
 
 def parity_report(source: Any, model: ViT, num_images: int = 4, seed: int = 0) -> dict[str, float]:
-    """Max |difference| of logits and of every layer's attention between a source module (timm,
-    or transformers: `converters.hf.hf_forward`) and ours on seeded standard-normal inputs at
+    """Max |difference| of logits and of every layer's attention between a source (a timm
+    module, a transformers one: `converters.hf.hf_forward`, or an `.onnx` path:
+    `converters.onnx.onnx_forward`) and ours on seeded standard-normal inputs at
     our model's image size. Runs ours at full float32 matmul precision."""
     import torch
 
@@ -74,11 +76,20 @@ def parity_report(source: Any, model: ViT, num_images: int = 4, seed: int = 0) -
     config = model.config
     rng = np.random.default_rng(seed)
     images = rng.standard_normal((num_images, *config.image_size, config.in_channels), np.float32)
-    if type(source).__name__ in MODELS:
-        from converters.hf import hf_forward as forward
+    if isinstance(source, (str, os.PathLike)) and str(source).lower().endswith(".onnx"):
+        from converters.onnx import onnx_forward
+
+        def forward(images_nchw):
+            return onnx_forward(source, images_nchw.numpy())
+    elif type(source).__name__ in MODELS:
+        from converters.hf import hf_forward
+
+        def forward(images_nchw):
+            return hf_forward(source, images_nchw)
     else:
-        forward = timm_forward
-    timm_logits, timm_attention = forward(source, torch.from_numpy(images.transpose(0, 3, 1, 2)))
+        def forward(images_nchw):
+            return timm_forward(source, images_nchw)
+    timm_logits, timm_attention = forward(torch.from_numpy(images.transpose(0, 3, 1, 2)))
     with jax.default_matmul_precision("highest"):
         out = model(jax.numpy.asarray(images), return_attention=True)
     return {"logits_max_abs_diff": float(np.max(np.abs(np.asarray(out.logits) - timm_logits))),

@@ -23,7 +23,7 @@ import time
 from collections.abc import Sequence
 from importlib.metadata import entry_points
 
-from vit_jax_va.inputs import MissingExtraError, is_hf_source, require_hf, require_timm
+from vit_jax_va.inputs import MissingExtraError, is_hf_source, require_hf, require_onnx, require_timm
 from vit_jax_va.patterns import PROJECTIONS
 from vit_jax_va.sweep import SweepOptions
 
@@ -42,8 +42,11 @@ def _image_size(text: str) -> tuple[int, int]:
 
 def _convert(args: argparse.Namespace) -> int:
     hf = is_hf_source(args.source)
+    onnx = str(args.source).lower().endswith(".onnx")
     if hf:
         require_hf("vit-va convert of a Hugging Face model directory")
+    elif onnx:
+        require_onnx("vit-va convert of an ONNX graph")
     else:
         require_timm("vit-va convert")
     import converters
@@ -62,6 +65,9 @@ def _convert(args: argparse.Namespace) -> int:
     if hf:
         source, _ = converters.hf_module(args.source)
         model = converters.from_hf(args.source, image_size=args.image_size)
+    elif onnx:
+        source = Path(args.source)  # parity against onnxruntime on the graph itself
+        model = converters.from_onnx(source, image_size=args.image_size, log=print)
     elif str(args.source).lower().endswith(".npz"):
         # Checked against timm's own npz loader reading the same file.
         source = converters.timm_reference(args.source, image_size=args.image_size)
@@ -81,7 +87,8 @@ def _convert(args: argparse.Namespace) -> int:
     if not args.no_parity:
         # Against the source module itself, through the checkpoint just written.
         report = converters.parity_report(source, vit_jax_va.load(path), num_images=2)
-        print(f"  parity vs the source {'transformers' if hf else 'timm'} model on {report['num_images']} random images: "
+        library = "transformers" if hf else "onnxruntime" if onnx else "timm"
+        print(f"  parity vs the source {library} model on {report['num_images']} random images: "
               f"logits max|diff| {report['logits_max_abs_diff']:.2e}, "
               f"attention max|diff| {report['attention_max_abs_diff']:.2e}")
         if args.json:
@@ -276,8 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "stopped; on a finished run it does nothing. Uses every device JAX sees.")
     sweep.add_argument("--model", default="demo",
                        help="'demo', a vit_jax_va checkpoint directory, a Hugging Face model "
-                            "directory, a Google .npz file, or a timm model name or checkpoint "
-                            "file (default: demo)")
+                            "directory, a Google .npz file, an ONNX graph exported from "
+                            "transformers, or a timm model name or checkpoint file (default: demo)")
     sweep.add_argument("--model-name", help="timm architecture of a --model checkpoint file")
     sweep.add_argument("--image-size", type=_image_size, metavar="S or HxW",
                        help="run the model at this size: the position embedding is resampled "

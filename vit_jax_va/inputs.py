@@ -3,9 +3,9 @@
 One resolution for every front end: `vit-va sweep`, the explorer's demo sweep, notebooks.
 
 - model: "demo" (the shipped model), a vit_jax_va checkpoint directory, a Hugging Face model
-  directory (`config.json` and weights; the `[hf]` extra), a Google `.npz` checkpoint, or a timm
-  model name or checkpoint file (the `[timm]` extra); all but the first two are converted on
-  the fly;
+  directory (`config.json` and weights; the `[hf]` extra), a Google `.npz` checkpoint, an ONNX
+  graph exported from transformers (`.onnx`, the `[onnx]` extra), or a timm model name or
+  checkpoint file (the `[timm]` extra); all but the first two are converted on the fly;
 - data: "demo" (the shipped images), a folder of images (class sub-folders or flat), a folder
   of MNIST-style IDX files (its test split), a `.txt` list of image paths, or one image file.
 """
@@ -30,6 +30,11 @@ def require_timm(what: str) -> None:
     """Raise `MissingExtraError` unless torch and timm can be imported (`converters` imports
     them lazily, so importing it alone proves nothing)."""
     _require(what, ("torch", "timm"), "timm")
+
+
+def require_onnx(what: str) -> None:
+    """Raise `MissingExtraError` unless onnx and onnxruntime can be imported."""
+    _require(what, ("onnx", "onnxruntime"), "onnx")
 
 
 def require_hf(what: str) -> None:
@@ -85,6 +90,11 @@ def resolve_model(spec: str, model_name: str | None = None,
         import converters
 
         return converters.resized(model, image_size)
+    if path.suffix.lower() == ".onnx":
+        require_onnx(f"--model {spec!r} (an ONNX graph)")
+        import converters
+
+        return converters.from_onnx(path, image_size=image_size)
     if path.is_file() and path.suffix.lower() == ".npz":
         require_timm(f"--model {spec!r} (a Google .npz checkpoint)")
         import converters
