@@ -49,19 +49,11 @@ def beit_fields(model: Any, refuse: Any) -> dict[str, Any]:
 def beit_kwargs(config: Any) -> dict[str, Any]:
     """timm `Beit` constructor kwargs for a `ViTConfig` with a relative position bias; a setting
     `Beit` cannot take is refused by name (ValueError)."""
-    from converters.timm_config import norm_layer_kwargs, timm_mlp_ratio
+    from converters.timm_config import family_kwargs
 
     c = config
     fixed = {"class_token": True, "distillation_token": False, "num_register_tokens": 0, "no_embed_class": False,
              "pre_norm": False, "qk_norm": False, "proj_bias": True, "final_norm": True, "act": "gelu",
              "pool_include_prefix": False, "rope": False}
-    wrong = [f"{k}={getattr(c, k)!r}" for k, v in fixed.items() if getattr(c, k) != v]
-    if c.pool not in ("avg", "token"):
-        wrong.append(f"pool={c.pool!r}")
-    if wrong:
-        raise ValueError(f"timm's Beit cannot take {', '.join(wrong)}")
-    return dict(img_size=c.image_size, patch_size=c.patch_size, in_chans=c.in_channels, num_classes=c.num_classes,
-                global_pool=c.pool, embed_dim=c.width, depth=c.depth, num_heads=c.num_heads, qkv_bias=c.qkv_bias,
-                mlp_ratio=timm_mlp_ratio(c), swiglu_mlp=c.swiglu, scale_mlp=c.mlp_norm,
-                init_values=1.0 if c.layer_scale else None, use_abs_pos_emb=c.pos_embed,
-                use_rel_pos_bias=True, use_fc_norm=c.fc_norm, **norm_layer_kwargs(c))
+    return family_kwargs(c, "Beit", fixed, ("avg", "token"), swiglu_mlp=c.swiglu, scale_mlp=c.mlp_norm,
+                         use_abs_pos_emb=c.pos_embed, use_rel_pos_bias=True, use_fc_norm=c.fc_norm)

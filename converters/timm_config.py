@@ -296,6 +296,24 @@ def norm_layer_kwargs(config: ViTConfig) -> dict[str, Any]:
     return {"norm_layer": functools.partial(nn.LayerNorm, eps=config.layer_norm_eps)}
 
 
+def family_kwargs(config: ViTConfig, family: str, fixed: Mapping[str, Any], pools: tuple[str, ...],
+                  **specific: Any) -> dict[str, Any]:
+    """Constructor kwargs of a timm `family` class (`Beit`, `Eva`, `VisionTransformerRelPos`)
+    for `config`: the settings every family takes alike, and `specific`. `fixed` holds the
+    `ViTConfig` values the class cannot change and `pools` the pools it has; anything else is
+    refused by name (ValueError)."""
+    wrong = [f"{k}={getattr(config, k)!r}" for k, v in fixed.items() if getattr(config, k) != v]
+    if config.pool not in pools:
+        wrong.append(f"pool={config.pool!r}")
+    if wrong:
+        raise ValueError(f"timm's {family} cannot take {', '.join(wrong)}")
+    c = config
+    return dict(img_size=c.image_size, patch_size=c.patch_size, in_chans=c.in_channels, num_classes=c.num_classes,
+                global_pool=c.pool, embed_dim=c.width, depth=c.depth, num_heads=c.num_heads, qkv_bias=c.qkv_bias,
+                mlp_ratio=timm_mlp_ratio(c), init_values=1.0 if c.layer_scale else None,
+                **norm_layer_kwargs(c), **specific)
+
+
 def timm_kwargs(config: ViTConfig) -> dict[str, Any]:
     """Constructor kwargs for timm's `VisionTransformer` (or the distilled one) for `config`."""
     if config.rel_pos_bias or config.rope:

@@ -103,24 +103,17 @@ def _qkv_bias(attn: Any) -> bool:
 def eva_kwargs(config: Any) -> dict[str, Any]:
     """timm `Eva` constructor kwargs for a `ViTConfig` with a rotary embedding; a setting `Eva`
     cannot take is refused by name (ValueError)."""
-    from converters.timm_config import norm_layer_kwargs, timm_mlp_ratio
+    from converters.timm_config import family_kwargs
 
     c = config
     fixed = {"distillation_token": False, "proj_bias": True, "pool_include_prefix": False, "rel_pos_bias": False}
-    wrong = [f"{k}={getattr(c, k)!r}" for k, v in fixed.items() if getattr(c, k) != v]
-    if not c.swiglu and c.act != "gelu":
-        wrong.append(f"act={c.act!r}")
-    if c.pool not in ("token", "avg", "max", "avgmax"):
-        wrong.append(f"pool={c.pool!r}")
-    if wrong:
-        raise ValueError(f"timm's Eva cannot take {', '.join(wrong)}")
-    return dict(img_size=c.image_size, patch_size=c.patch_size, in_chans=c.in_channels, num_classes=c.num_classes,
-                global_pool=c.pool, embed_dim=c.width, depth=c.depth, num_heads=c.num_heads, qkv_bias=c.qkv_bias,
-                qk_norm=c.qk_norm, mlp_ratio=timm_mlp_ratio(c), swiglu_mlp=c.swiglu, scale_mlp=c.mlp_norm,
-                init_values=1.0 if c.layer_scale else None, class_token=c.class_token,
-                num_reg_tokens=c.num_register_tokens, no_embed_class=c.no_embed_class, use_abs_pos_emb=c.pos_embed,
-                use_rot_pos_emb=True, rope_type="cat", ref_feat_shape=c.rope_ref_grid,
-                rope_temperature=c.rope_temperature, rope_grid_offset=c.rope_offset,
-                rope_grid_indexing="xy" if c.rope_xy else "ij", rope_rotate_half=c.rope_rotate_half,
-                use_pre_transformer_norm=c.pre_norm, use_fc_norm=c.fc_norm,
-                use_post_transformer_norm=c.final_norm and not c.fc_norm, **norm_layer_kwargs(c))
+    if not c.swiglu:
+        fixed["act"] = "gelu"
+    return family_kwargs(
+        c, "Eva", fixed, ("token", "avg", "max", "avgmax"), qk_norm=c.qk_norm, swiglu_mlp=c.swiglu,
+        scale_mlp=c.mlp_norm, class_token=c.class_token, num_reg_tokens=c.num_register_tokens,
+        no_embed_class=c.no_embed_class, use_abs_pos_emb=c.pos_embed, use_rot_pos_emb=True, rope_type="cat",
+        ref_feat_shape=c.rope_ref_grid, rope_temperature=c.rope_temperature, rope_grid_offset=c.rope_offset,
+        rope_grid_indexing="xy" if c.rope_xy else "ij", rope_rotate_half=c.rope_rotate_half,
+        use_pre_transformer_norm=c.pre_norm, use_fc_norm=c.fc_norm,
+        use_post_transformer_norm=c.final_norm and not c.fc_norm)

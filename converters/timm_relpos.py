@@ -92,19 +92,12 @@ def relpos_kwargs(config: Any) -> dict[str, Any]:
     """timm `VisionTransformerRelPos` constructor kwargs (a learned table, `rel_pos_type='bias'`)
     for a `ViTConfig` with a relative position bias; a setting it cannot take is refused by
     name (ValueError)."""
-    from converters.timm_config import norm_layer_kwargs, timm_mlp_ratio
+    from converters.timm_config import family_kwargs
 
     c = config
     fixed = {"distillation_token": False, "num_register_tokens": 0, "pos_embed": False, "pre_norm": False,
              "proj_bias": True, "final_norm": True, "swiglu": False, "mlp_norm": False, "rope": False,
              "pool_include_prefix": False}
-    wrong = [f"{k}={getattr(c, k)!r}" for k, v in fixed.items() if getattr(c, k) != v]
-    if c.pool not in ("avg", "token"):
-        wrong.append(f"pool={c.pool!r}")
-    if wrong:
-        raise ValueError(f"timm's VisionTransformerRelPos cannot take {', '.join(wrong)}")
-    return dict(img_size=c.image_size, patch_size=c.patch_size, in_chans=c.in_channels, num_classes=c.num_classes,
-                global_pool=c.pool, embed_dim=c.width, depth=c.depth, num_heads=c.num_heads, qkv_bias=c.qkv_bias,
-                qk_norm=c.qk_norm, mlp_ratio=timm_mlp_ratio(c), init_values=1.0 if c.layer_scale else None,
-                class_token=c.class_token, fc_norm=c.fc_norm, rel_pos_type="bias",
-                act_layer=None if c.act == "gelu" else c.act, **norm_layer_kwargs(c))
+    return family_kwargs(c, "VisionTransformerRelPos", fixed, ("avg", "token"), qk_norm=c.qk_norm,
+                         class_token=c.class_token, fc_norm=c.fc_norm, rel_pos_type="bias",
+                         act_layer=None if c.act == "gelu" else c.act)
