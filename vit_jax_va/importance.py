@@ -305,7 +305,8 @@ def ablate_heads(model: ViT, images, labels=None, modes: tuple[str, ...] = ("hea
     """
     c = model.config
     if c.num_classes <= 0:
-        raise ValueError("ablate_heads needs a model with a classifier (num_classes > 0)")
+        raise ValueError("ablate_heads needs a model with a classifier (num_classes > 0); for a backbone, "
+                         "fit one with vit_jax_va.probe.fit_probe (vit-va probe)")
     modes = tuple(modes)
     unknown = [m for m in modes if m not in PRUNE_MODES]
     if unknown or not modes:

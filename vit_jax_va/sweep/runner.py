@@ -52,7 +52,8 @@ class Sweep:
             `progress(stage, done, total)` called as each stage advances.
         """
         if model.config.num_classes <= 0:
-            raise ValueError("the sweep needs a model with a classifier (num_classes > 0)")
+            raise ValueError("the sweep needs a model with a classifier (num_classes > 0); for a backbone, "
+                             "fit one on labelled images first: vit-va probe MODEL --data LABELLED --out CKPT")
         if len(dataset) == 0:
             raise ValueError("the sweep got no images")
         outside = [int(i) for i in options.kept_attention(len(dataset)) if i >= len(dataset)]
