@@ -240,13 +240,15 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     convert = commands.add_parser(
-        "convert", help="convert a timm checkpoint into a vit_jax_va checkpoint",
-        description="Convert a timm ViT (hub name, or a .safetensors/.pth/.bin file with "
-                    "--model-name) into a vit_jax_va checkpoint directory (Orbax + config JSON), "
-                    "then check the converted model against timm on random inputs.")
+        "convert", help="convert a timm, Hugging Face, .npz or ONNX model into a vit_jax_va checkpoint",
+        description="Convert a ViT (a timm hub name, or a .safetensors/.pth/.bin file with "
+                    "--model-name; a Hugging Face model directory; a Google .npz file; an ONNX graph "
+                    "exported from transformers) into a vit_jax_va checkpoint directory (Orbax + "
+                    "config JSON), then check the converted model against the source library "
+                    "(timm, transformers, onnxruntime) on random inputs.")
     convert.add_argument("source", help="timm model name (needs network), timm checkpoint file, "
-                                        "Hugging Face model directory (config.json + weights), or "
-                                        "Google .npz checkpoint")
+                                        "Hugging Face model directory (config.json + weights), "
+                                        "Google .npz checkpoint, or .onnx graph")
     convert.add_argument("out", help="output checkpoint directory")
     convert.add_argument("--model-name", help="timm architecture of a checkpoint file, "
                                               "e.g. vit_base_patch16_224")
@@ -257,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="run the model at this size: timm resamples the position embedding "
                               "(default: the checkpoint's own size)")
     convert.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
-    convert.add_argument("--no-parity", action="store_true", help="skip the check against timm")
+    convert.add_argument("--no-parity", action="store_true", help="skip the check against the source library")
     convert.add_argument("--json", action="store_true", help="also print the parity as JSON")
     convert.set_defaults(run=_convert)
 
