@@ -37,17 +37,20 @@ def _keep_end(text: str, chars: int) -> str:
     """`text`, or "…" and its last `chars - 1` characters (a file name's end tells most)."""
     return text if len(text) <= chars else "…" + text[-(chars - 1):]
 
-# Metrics of B1 (METHOD.md section 1). The first four come from pruning each head alone; Taylor
-# and confidence need no pruning pass.
+# Metrics of B1 (METHOD.md section 1). The first six come from pruning each head alone (the
+# last two of those measure the pooled features, not the prediction); Taylor and confidence
+# need no pruning pass.
 METRICS = {
     "probability": "probability of the reference class after pruning the head",
     "correct": "top-1 correct (accuracy over the scope) after pruning the head",
     "loss": "cross-entropy increase (nats) when the head is pruned",
     "kl": "KL(unpruned || pruned) of the predictions (nats)",
+    "feature_cos": "1 - cosine similarity of the pooled features, pruned vs unpruned",
+    "feature_rel_l2": "relative change |f_pruned - f| / |f| of the pooled features",
     "taylor": "Taylor importance |dL/dm_h| at m = 1 (Michel et al. 2019)",
     "confidence": "head confidence: mean max attention weight of the patch queries (Voita et al. 2019)",
 }
-PRUNED_METRICS = ("probability", "correct", "loss", "kl")
+PRUNED_METRICS = ("probability", "correct", "loss", "kl", "feature_cos", "feature_rel_l2")
 SCOPES = ("image", "run", "class")
 SPACES = ("patch", "cls")
 MODE_LABELS = {"none": "none", "head": "whole head", "cls": "CLS row + column",
@@ -210,7 +213,7 @@ class RunData:
             return float(self.baseline["prob"][images].mean())
         if metric == "correct":
             return float(self.baseline["correct"][images].mean())
-        if metric in ("loss", "kl"):
+        if metric in ("loss", "kl", "feature_cos", "feature_rel_l2"):
             return 0.0
         return None
 

@@ -58,7 +58,8 @@ def random_images(config: ViTConfig, n: int, seed: int = 0) -> np.ndarray:
 
 def naive_logits(model: ViT, images, modes) -> dict[str, np.ndarray]:
     """One full masked forward per head through `model(...)`, per mode: `{mode: [L, H, B, K]}`
-    logits, plus the unpruned logits `[B, K]` under "unpruned" and the unpruned attention
+    logits and `{mode_features: [L, H, B, C]}` pooled features, plus the unpruned logits `[B, K]`
+    under "unpruned", its features under "unpruned_features" and the unpruned attention
     `[B, L, H, T, T]` under "attention"."""
     c = model.config
     images = jnp.asarray(images)
@@ -67,23 +68,35 @@ def naive_logits(model: ViT, images, modes) -> dict[str, np.ndarray]:
     keep_heads = jnp.ones((c.depth, c.num_heads))
     keep_regions = jnp.ones((c.depth, c.num_heads, c.num_tokens, c.num_tokens))
     unpruned = forward(keep_heads, keep_regions)
-    out = {"unpruned": np.asarray(unpruned.logits), "attention": np.asarray(unpruned.attention)}
+    out = {"unpruned": np.asarray(unpruned.logits), "attention": np.asarray(unpruned.attention),
+           "unpruned_features": np.asarray(unpruned.pre_logits)}
     for mode in modes:
         logits = np.zeros((c.depth, c.num_heads, len(images), c.num_classes), np.float32)
+        features = np.zeros((c.depth, c.num_heads, len(images), c.width), np.float32)
         for layer in range(c.depth):
             for head in range(c.num_heads):
                 if mode == "head":
                     masks = (single_head_mask(c, layer, head), keep_regions)
                 else:
                     masks = (keep_heads, single_head_region_mask(c, layer, head, mode))
-                logits[layer, head] = np.asarray(forward(*masks).logits)
+                pruned = forward(*masks)
+                logits[layer, head] = np.asarray(pruned.logits)
+                features[layer, head] = np.asarray(pruned.pre_logits)
         out[mode] = logits
+        out[f"{mode}_features"] = features
     return out
 
 
 def naive_confidence(attention: np.ndarray, num_prefix_tokens: int) -> np.ndarray:
     """Voita et al.'s confidence from attention `[B, L, H, T, T]`: `[L, H, B]`."""
     return attention[:, :, :, num_prefix_tokens:].max(-1).mean(-1).transpose(1, 2, 0)
+
+
+def naive_features(logits: np.ndarray, unpruned: np.ndarray) -> dict[str, np.ndarray]:
+    """The feature metrics in float64 from pooled features `[..., B, C]` and unpruned `[B, C]`."""
+    f, f0 = np.asarray(logits, np.float64), np.asarray(unpruned, np.float64)
+    cos = (f * f0).sum(-1) / (np.linalg.norm(f, axis=-1) * np.linalg.norm(f0, axis=-1))
+    return dict(feature_cos=1 - cos, feature_rel_l2=np.linalg.norm(f - f0, axis=-1) / np.linalg.norm(f0, axis=-1))
 
 
 def naive_metrics(logits: np.ndarray, reference: np.ndarray, unpruned_logits: np.ndarray

@@ -126,6 +126,8 @@ def test_b1_shows_the_stored_metric(data, raw, metric, scope):
         "correct": lambda: imp["correct"][head][..., members].mean(-1),
         "loss": lambda: (imp["loss"][head] - imp["baseline_loss"])[..., members].mean(-1),
         "kl": lambda: imp["kl"][head][..., members].mean(-1),
+        "feature_cos": lambda: imp["feature_cos"][head][..., members].mean(-1),
+        "feature_rel_l2": lambda: imp["feature_rel_l2"][head][..., members].mean(-1),
         "taylor": lambda: imp["taylor"][..., members].mean(-1),
         "confidence": lambda: raw["strength"]["confidence"][members].mean(0),
     }[metric]().reshape(-1)

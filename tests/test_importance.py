@@ -7,8 +7,8 @@ import collections
 import jax
 import numpy as np
 import pytest
-from _importance_models import (CONFIGS, naive_confidence, naive_logits, naive_metrics,
-                                random_images, random_model)
+from _importance_models import (CONFIGS, naive_confidence, naive_features, naive_logits,
+                                naive_metrics, random_images, random_model)
 
 from vit_jax_va import PRUNE_MODES
 from vit_jax_va.head_scores import (head_confidence_per_image, normalise_by_layer,
@@ -26,7 +26,9 @@ def _check_against_naive(result, naive, reference, modes):
     np.testing.assert_allclose(result.baseline_logits, naive["unpruned"], **TOL)
     for i, mode in enumerate(modes):
         logits = naive["unpruned"][None, None] if mode == "none" else naive[mode]
-        expected = naive_metrics(logits, reference, naive["unpruned"])
+        features = naive["unpruned_features"][None, None] if mode == "none" else naive[f"{mode}_features"]
+        expected = {**naive_metrics(logits, reference, naive["unpruned"]),
+                    **naive_features(features, naive["unpruned_features"])}
         for key, value in expected.items():
             got = getattr(result, key)[i]
             np.testing.assert_allclose(got, np.broadcast_to(value, got.shape), **TOL,
@@ -52,8 +54,10 @@ def test_ablation_equals_one_forward_per_head(name):
     np.testing.assert_allclose(result.head_confidence,
                                naive_confidence(naive["attention"], config.num_prefix_tokens),
                                rtol=1e-6, atol=1e-7)
-    # Pruning must actually move the prediction, or the comparison above proves little.
+    # Pruning must actually move the prediction and the features, or the comparison above
+    # proves little.
     assert np.abs(result.prob[PRUNE_MODES.index("head")] - result.baseline_prob).max() > 1e-2
+    assert result.feature_rel_l2[PRUNE_MODES.index("head")].max() > 1e-2
 
 
 def test_ablation_with_labels_uses_them_as_reference():

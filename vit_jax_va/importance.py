@@ -1,7 +1,8 @@
 """Head importance by pruning every head alone (METHOD.md section 1, B1-B3).
 
 `ablate_heads` prunes each head of each layer, wholly or partially (`vit_jax_va.masks`), and
-reports per image what the pruning did to the prediction. Done naively that is one forward
+reports per image what the pruning did to the prediction and to the representation (the pooled
+features the classifier reads). Done naively that is one forward
 pass per (mode, layer, head). Here it is one jitted program per image chunk: a scan over the
 pruned layer, and within it the (mode, head) pairs vectorised with `jax.vmap` in chunks
 (`lax.map(..., batch_size=variant_chunk)`) so that memory stays bounded. It skips what pruning
@@ -59,6 +60,9 @@ class HeadAblation:
       top5_classes: `[M, L, H, B, k]` int32 classes with the highest probability after
         pruning, most probable first (k = min(5, K)).
       top5_probs: `[M, L, H, B, k]` their probabilities.
+      feature_cos: `[M, L, H, B]` 1 - cosine similarity of the pooled features (pre-logits)
+        after pruning and unpruned: how far pruning turns the representation.
+      feature_rel_l2: `[M, L, H, B]` |f_pruned - f| / |f| of the pooled features.
       baseline_prob, baseline_correct, baseline_loss: `[B]`, the same for the unpruned model.
       baseline_top5_classes, baseline_top5_probs: `[B, k]`.
       baseline_logits: `[B, K]` logits of the unpruned model.
@@ -74,6 +78,8 @@ class HeadAblation:
     kl: np.ndarray = _array("M", "L", "H", "B")
     top5_classes: np.ndarray = _array("M", "L", "H", "B", "k")
     top5_probs: np.ndarray = _array("M", "L", "H", "B", "k")
+    feature_cos: np.ndarray = _array("M", "L", "H", "B")
+    feature_rel_l2: np.ndarray = _array("M", "L", "H", "B")
     baseline_prob: np.ndarray = _array("B")
     baseline_correct: np.ndarray = _array("B")
     baseline_loss: np.ndarray = _array("B")
@@ -138,8 +144,13 @@ def _run_blocks(block_graphdef, stacked, x: jax.Array, start, stop) -> jax.Array
     return jax.lax.fori_loop(start, stop, body, x)
 
 
-def _metrics(logits: jax.Array, reference: jax.Array, baseline_logp: jax.Array) -> dict:
-    """Per-image metrics of logits `[B, K]` against the reference classes `[B]`."""
+def _metrics(logits: jax.Array, features: jax.Array, reference: jax.Array, baseline_logp: jax.Array,
+             baseline_features: jax.Array) -> dict:
+    """Per-image metrics of logits `[B, K]` against the reference classes `[B]`, and of the
+    pooled features `[B, C]` against the unpruned ones."""
+    norm = jnp.linalg.norm(features, axis=-1)
+    baseline_norm = jnp.linalg.norm(baseline_features, axis=-1)
+    tiny = jnp.float32(1e-12)
     logp = jax.nn.log_softmax(logits, axis=-1)
     ref_logp = jnp.take_along_axis(logp, reference[:, None], axis=1)[:, 0]
     probs = jnp.exp(logp)
@@ -151,12 +162,15 @@ def _metrics(logits: jax.Array, reference: jax.Array, baseline_logp: jax.Array) 
         kl=jnp.sum(jnp.exp(baseline_logp) * (baseline_logp - logp), axis=-1),
         top5_classes=top_classes.astype(jnp.int32),
         top5_probs=top_probs,
+        feature_cos=1 - jnp.sum(features * baseline_features, axis=-1) / jnp.maximum(norm * baseline_norm, tiny),
+        feature_rel_l2=jnp.linalg.norm(features - baseline_features, axis=-1) / jnp.maximum(baseline_norm, tiny),
     )
 
 
 def unpruned_pass(model: ViT, images: jax.Array, labels: jax.Array):
-    """Unpruned pass: each layer's input `[L, B, T, C]`, confidence `[L, H, B]`, logits `[B, K]`
-    and reference classes `[B]` (label where `labels >= 0`, else the unpruned top-1)."""
+    """Unpruned pass: each layer's input `[L, B, T, C]`, confidence `[L, H, B]`, logits `[B, K]`,
+    reference classes `[B]` (label where `labels >= 0`, else the unpruned top-1) and pooled
+    features `[B, C]`."""
     block_graphdef, stacked = _stack_blocks(model)
     prefix = model.config.num_prefix_tokens
 
@@ -165,8 +179,8 @@ def unpruned_pass(model: ViT, images: jax.Array, labels: jax.Array):
         return out, (x, head_confidence(attention, prefix).T)
 
     x, (layer_inputs, confidence) = jax.lax.scan(step, model.embed(images), stacked)
-    logits = model.classify(x)[0]
-    return layer_inputs, confidence, logits, reference_class(logits, labels)
+    logits, features = model.classify(x)
+    return layer_inputs, confidence, logits, reference_class(logits, labels), features
 
 
 # The sweep ---------------------------------------------------------------------------------
@@ -213,8 +227,12 @@ def _sweep_chunk(graphdef, state, images, labels, removed, *, variant_chunk: int
     model = nnx.merge(graphdef, state)
     c = model.config
     num_modes, depth, heads = removed.shape[0], c.depth, c.num_heads
-    layer_inputs, confidence, logits, reference = unpruned_pass(model, images, labels)
+    layer_inputs, confidence, logits, reference, features = unpruned_pass(model, images, labels)
     baseline_logp = jax.nn.log_softmax(logits, axis=-1)
+
+    def metrics(y):
+        return _metrics(*model.classify(y), reference, baseline_logp, features)
+
     block_graphdef, stacked = _stack_blocks(model)
     rows = model.classifier_rows
     variants = (jnp.repeat(jnp.arange(num_modes), heads), jnp.tile(jnp.arange(heads), num_modes))
@@ -231,7 +249,7 @@ def _sweep_chunk(graphdef, state, images, labels, removed, *, variant_chunk: int
             y = _run_blocks(block_graphdef, stacked, y, layer + 1, tail_stop)
             if rows is not None:
                 y = model.blocks[depth - 1](y, rows=rows)[0]
-            return _metrics(model.classify(y)[0], reference, baseline_logp)
+            return metrics(y)
 
         return None, _prune_layer(block, x, block.heads(x), removed, variants, variant_chunk,
                                   tail)
@@ -243,12 +261,11 @@ def _sweep_chunk(graphdef, state, images, labels, removed, *, variant_chunk: int
     if rows is not None:
         block, x = model.blocks[depth - 1], layer_inputs[depth - 1]
         last = _prune_layer(block, x[:, :rows], block.heads(x, rows), removed[:, :rows],
-                            variants, variant_chunk,
-                            lambda y: _metrics(model.classify(y)[0], reference, baseline_logp))
+                            variants, variant_chunk, metrics)
         swept = {k: jnp.concatenate([swept[k], last[k][None]]) for k in swept}
     # [L, M*H, B, ...] -> [L, M, H, B, ...]
     swept = {k: v.reshape(depth, num_modes, heads, *v.shape[2:]) for k, v in swept.items()}
-    base = _metrics(logits, reference, baseline_logp)
+    base = _metrics(logits, features, reference, baseline_logp, features)
     swept.update({f"baseline_{k}": base[k] for k in ("prob", "correct", "loss", "top5_classes",
                                                      "top5_probs")})
     swept.update(baseline_logits=logits, reference=reference, head_confidence=confidence)
@@ -349,7 +366,7 @@ def _arrange_modes(out: dict, modes: tuple[str, ...], swept_modes: tuple[str, ..
         per_mode = []
         for mode in modes:
             if mode == "none":
-                if key == "kl":
+                if key in ("kl", "feature_cos", "feature_rel_l2"):  # unpruned against itself
                     value = np.zeros_like(out["baseline_prob"])
                 else:
                     value = out[f"baseline_{key}"]

@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MANIFEST = "manifest.json"
 INPUTS = "inputs.json"  # the run's image ids and pixel digests (`data.pixel_digest`)
 GROUPS = ("images", "importance", "strength", "curve", "patterns/patch", "patterns/cls")
@@ -57,7 +57,8 @@ SHAPES: dict[str, tuple] = {
     **{f"images/{n}": ("N",) for n in ("ids", "labels", "prediction")},
     "images/probs": ("N", "K"), "images/features": ("N", None), "images/overview_xy": ("N", 2),
     "images/thumbnails": ("N", None, None, None),
-    **{f"importance/{n}": ("M", "L", "H", "N") for n in ("prob", "correct", "loss", "kl")},
+    **{f"importance/{n}": ("M", "L", "H", "N") for n in ("prob", "correct", "loss", "kl", "feature_cos",
+                                                          "feature_rel_l2")},
     **{f"importance/{n}": ("M", "L", "H", "N", "k") for n in ("top5_classes", "top5_probs")},
     **{f"importance/{n}": ("N",) for n in ("baseline_prob", "baseline_correct", "baseline_loss", "reference")},
     **{f"importance/{n}": ("N", "k") for n in ("baseline_top5_classes", "baseline_top5_probs")},

@@ -7,7 +7,7 @@ from dataclasses import replace
 import holoviews as hv
 import numpy as np
 
-from explorer.data import MODE_LABELS, RunData
+from explorer.data import MODE_LABELS, PRUNED_METRICS, RunData
 from explorer.marks import Marks
 from explorer.state import ExplorerState
 from explorer.figures import Frame
@@ -104,7 +104,7 @@ def _b2_layout(data: RunData, state: ExplorerState):
     of the bars' axis, span, the glyphs' band `(y0, y1)`)."""
     heads = [state.head, *extra_heads(state)]
     values = data.mode_values(state.metric, state.scope, state.image, heads, state.scope_class)
-    metric = state.metric if state.metric in ("probability", "correct", "loss", "kl") else "probability"
+    metric = state.metric if state.metric in PRUNED_METRICS else "probability"
     table = np.array([values[m] for m in PRUNE_MODES])  # [modes, heads]
     finite = table[np.isfinite(table)]
     top = max(1.0 if metric in ("probability", "correct") else 0.0,
