@@ -53,7 +53,7 @@ def timm_reference(path: str | os.PathLike, *, image_size: int | tuple[int, int]
     from timm.models.vision_transformer import _load_weights
 
     from converters.timm import at_image_size
-    from converters.timm_config import create_timm_model
+    from converters.timm_write import create_timm_model
 
     config = config_from_npz(read_npz(path), image_size=trained_size, act=act, origin=str(path))
     module = create_timm_model(config)

@@ -19,7 +19,8 @@ import numpy as np
 from flax import nnx
 
 from converters.strict import strict_load
-from converters.timm_config import UnsupportedModelError, config_from_timm, create_timm_model, timm_family
+from converters.timm_config import UnsupportedModelError, config_from_timm
+from converters.timm_write import create_timm_model, timm_family
 from converters.timm_names import from_family_names, timm_key, timm_layout, to_family_names, to_ours, to_torch_layout
 from converters.timm_relpos import is_relpos, relpos_state_dict
 from converters.torch_files import local_file, numpy_state_dict, read_state_dict

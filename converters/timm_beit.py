@@ -49,7 +49,7 @@ def beit_fields(model: Any, refuse: Any) -> dict[str, Any]:
 def beit_kwargs(config: Any) -> dict[str, Any]:
     """timm `Beit` constructor kwargs for a `ViTConfig` with a relative position bias; a setting
     `Beit` cannot take is refused by name (ValueError)."""
-    from converters.timm_config import family_kwargs
+    from converters.timm_write import family_kwargs
 
     c = config
     fixed = {"class_token": True, "distillation_token": False, "num_register_tokens": 0, "no_embed_class": False,

@@ -103,7 +103,7 @@ def _qkv_bias(attn: Any) -> bool:
 def eva_kwargs(config: Any) -> dict[str, Any]:
     """timm `Eva` constructor kwargs for a `ViTConfig` with a rotary embedding; a setting `Eva`
     cannot take is refused by name (ValueError)."""
-    from converters.timm_config import family_kwargs
+    from converters.timm_write import family_kwargs
 
     c = config
     fixed = {"distillation_token": False, "proj_bias": True, "pool_include_prefix": False, "rel_pos_bias": False}

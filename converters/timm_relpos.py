@@ -92,7 +92,7 @@ def relpos_kwargs(config: Any) -> dict[str, Any]:
     """timm `VisionTransformerRelPos` constructor kwargs (a learned table, `rel_pos_type='bias'`)
     for a `ViTConfig` with a relative position bias; a setting it cannot take is refused by
     name (ValueError)."""
-    from converters.timm_config import family_kwargs
+    from converters.timm_write import family_kwargs
 
     c = config
     fixed = {"distillation_token": False, "num_register_tokens": 0, "pos_embed": False, "pre_norm": False,

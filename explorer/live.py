@@ -51,7 +51,7 @@ def load_model(run_path: str):
     try:
         model = resolve_model(origin, image_size=size)
     except ImportError as err:
-        raise LiveUnavailable(f"the demo model is not installed ({err})") from None
+        raise LiveUnavailable(f"the run's model {origin!r} cannot be loaded ({err})") from None
     except MissingExtraError as err:
         raise LiveUnavailable(str(err)) from None
     changes = vit_jax_va.identity_differences(model_info, model)

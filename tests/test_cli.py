@@ -149,7 +149,7 @@ def test_sweep_at_another_image_size(tmp_path):
     from jax_cases import random_vit
     from timm.models.vision_transformer import VisionTransformer
 
-    from converters.timm_config import timm_kwargs
+    from converters.timm_write import timm_kwargs
     from explorer.live import load_model
 
     config = vit_jax_va.ViTConfig(image_size=16, patch_size=4, in_channels=1, mean=(0.5,), std=(0.25,), width=32,
