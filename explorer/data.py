@@ -37,8 +37,8 @@ def _keep_end(text: str, chars: int) -> str:
     """`text`, or "…" and its last `chars - 1` characters (a file name's end tells most)."""
     return text if len(text) <= chars else "…" + text[-(chars - 1):]
 
-# Metrics of B1 (METHOD.md section 1). The first six come from pruning each head alone (the
-# last two of those measure the pooled features, not the prediction); Taylor and confidence
+# Metrics of B1 (METHOD.md section 1). The first eight come from pruning each head alone (the
+# last four of those measure the representation, not the prediction); Taylor and confidence
 # need no pruning pass.
 METRICS = {
     "probability": "probability of the reference class after pruning the head",
@@ -47,10 +47,20 @@ METRICS = {
     "kl": "KL(unpruned || pruned) of the predictions (nats)",
     "feature_cos": "1 - cosine similarity of the pooled features, pruned vs unpruned",
     "feature_rel_l2": "relative change |f_pruned - f| / |f| of the pooled features",
+    "patch_cos": "1 - cosine similarity of the last layer's patch tokens (mean over patches), pruned vs unpruned",
+    "patch_rel_l2": "relative change of the last layer's patch tokens (mean over patches)",
     "taylor": "Taylor importance |dL/dm_h| at m = 1 (Michel et al. 2019)",
     "confidence": "head confidence: mean max attention weight of the patch queries (Voita et al. 2019)",
 }
-PRUNED_METRICS = ("probability", "correct", "loss", "kl", "feature_cos", "feature_rel_l2")
+PRUNED_METRICS = ("probability", "correct", "loss", "kl", "feature_cos", "feature_rel_l2",
+                  "patch_cos", "patch_rel_l2")
+# The metrics of the prediction, which a model without a classifier (a backbone) cannot have.
+CLASS_METRICS = ("probability", "correct", "loss", "kl", "taylor")
+PATCH_METRICS = ("patch_cos", "patch_rel_l2")
+NO_CLASSIFIER = ("This model has no classifier (a backbone): the metrics of the prediction "
+                 "(probability, accuracy, loss, KL, Taylor) and B3's top-5 need one, so importance "
+                 "is what pruning a head does to the features. `vit-va probe MODEL --data LABELLED "
+                 "--out CKPT` fits a linear classifier; sweep that for the class metrics.")
 SCOPES = ("image", "run", "class")
 SPACES = ("patch", "cls")
 MODE_LABELS = {"none": "none", "head": "whole head", "cls": "CLS row + column",
@@ -88,8 +98,12 @@ class RunData:
         self.ids = np.asarray(images["ids"]).astype(str)
         self.id_index = {id_: i for i, id_ in enumerate(self.ids)}
         self.labels = np.asarray(images["labels"])
-        self.prediction = np.asarray(images["prediction"])
-        self.probs = np.asarray(images["probs"])
+        imp = self.run.arrays("importance")
+        # A backbone's run has no prediction and no metric of it (`NO_CLASSIFIER`).
+        self.has_classifier = "prob" in imp
+        self.prediction = (np.asarray(images["prediction"]) if self.has_classifier
+                           else np.full(len(self.labels), -1, np.int64))
+        self.probs = np.asarray(images["probs"]) if self.has_classifier else None
         self.overview_xy = np.asarray(images["overview_xy"], np.float64)
         self.thumbnails = images["thumbnails"]
         self.num_images = len(self.ids)
@@ -97,14 +111,20 @@ class RunData:
         # for unlabelled images.
         self.image_class = np.where(self.labels >= 0, self.labels, self.prediction)
 
-        imp = self.run.arrays("importance")
         self.modes = tuple(str(m) for m in np.asarray(imp["modes"]))
         self.importance = imp
-        self.reference = np.asarray(imp["reference"])
-        self.baseline = {k: np.asarray(imp[f"baseline_{k}"]) for k in ("prob", "correct", "loss")}
-        self.baseline_top5 = (np.asarray(imp["baseline_top5_classes"]),
-                              np.asarray(imp["baseline_top5_probs"]))
-        self.taylor = np.asarray(imp["taylor"])  # [L, H, N]
+        # The metrics this run has, in `METRICS` order, and the one the page opens on.
+        self.metrics = [m for m in METRICS if (self.has_classifier or m not in CLASS_METRICS)
+                        and (m not in PATCH_METRICS or m in imp)]
+        self.default_metric = "probability" if self.has_classifier else "feature_cos"
+        if self.has_classifier:
+            self.reference = np.asarray(imp["reference"])
+            self.baseline = {k: np.asarray(imp[f"baseline_{k}"]) for k in ("prob", "correct", "loss")}
+            self.baseline_top5 = (np.asarray(imp["baseline_top5_classes"]),
+                                  np.asarray(imp["baseline_top5_probs"]))
+            self.taylor = np.asarray(imp["taylor"])  # [L, H, N]
+        # The scopes: "class" needs a label or a prediction.
+        self.scopes = [s for s in SCOPES if s != "class" or (self.image_class >= 0).any()]
         self.strength = {k: np.asarray(v) for k, v in self.run.arrays("strength").items()}
         self.curve = {k: np.asarray(v) for k, v in self.run.arrays("curve").items()}
         self.patterns = {}
@@ -144,9 +164,14 @@ class RunData:
         return name if not short or len(name) <= TITLE_CLASS_CHARS else name[:TITLE_CLASS_CHARS - 1] + "…"
 
     def image_name(self, image: int, *, short: bool = False) -> str:
-        """`image <id> (<class>, predicted <class>)`; `short`: with the title forms of the id and
-        class names (which keep a figure's title short)."""
-        return (f"{self.image_label(image, short=short)} ({self.class_label(self.labels[image], short=short)}, "
+        """`image <id> (<class>, predicted <class>)` (without a classifier: `(<class>)`, or the
+        id alone for an unlabelled image); `short`: with the title forms of the id and class
+        names (which keep a figure's title short)."""
+        name = self.image_label(image, short=short)
+        if not self.has_classifier:
+            label = self.labels[image]
+            return f"{name} ({self.class_label(label, short=short)})" if label >= 0 else name
+        return (f"{name} ({self.class_label(self.labels[image], short=short)}, "
                 f"predicted {self.class_label(self.prediction[image], short=short)})")
 
     def token_name(self, token: int) -> str:
@@ -165,8 +190,11 @@ class RunData:
 
     # A: images ----------------------------------------------------------------------------
 
-    def true_class_probability(self) -> np.ndarray:
-        """`[N]` probability of the true class (of the predicted class for unlabelled images)."""
+    def true_class_probability(self) -> np.ndarray | None:
+        """`[N]` probability of the true class (of the predicted class for unlabelled images);
+        None without a classifier."""
+        if self.probs is None:
+            return None
         return self.probs[np.arange(self.num_images), self.image_class]
 
     def thumbnail_png(self, image: int) -> str:
@@ -213,13 +241,16 @@ class RunData:
             return float(self.baseline["prob"][images].mean())
         if metric == "correct":
             return float(self.baseline["correct"][images].mean())
-        if metric in ("loss", "kl", "feature_cos", "feature_rel_l2"):
+        if metric in ("loss", "kl", "feature_cos", "feature_rel_l2", "patch_cos", "patch_rel_l2"):
             return 0.0
         return None
 
     def head_values(self, metric: str, scope: str, image: int,
                     class_index: int | None = None) -> HeadValues:
         """B1: `metric` of every head pruned alone (whole head), averaged over the scope."""
+        if metric not in self.metrics:
+            raise ValueError(f"this run has no metric {metric!r}; it has {self.metrics}"
+                             + ("" if self.has_classifier or metric not in CLASS_METRICS else f". {NO_CLASSIFIER}"))
         images = self.scope_images(scope, image, class_index)
         if metric in PRUNED_METRICS:
             values = self._pruned(metric, self.modes.index("head"), images)
@@ -246,9 +277,9 @@ class RunData:
 
         Modes the sweep did not store are computed live for a single image (`explorer.live`);
         over a scope of many images they are left out (NaN). Taylor and confidence have no
-        prune modes: B2 shows the probability for them.
+        prune modes: B2 shows the run's default metric for them (`b2_metric`).
         """
-        metric = metric if metric in PRUNED_METRICS else "probability"
+        metric = self.b2_metric(metric)
         images = self.scope_images(scope, image, class_index)
         out = {}
         for mode in PRUNE_MODES:
@@ -268,9 +299,15 @@ class RunData:
                 out[mode] = np.full(len(heads), np.nan)
         return out
 
+    def b2_metric(self, metric: str) -> str:
+        """The metric B2 shows when B1 shows `metric` (B2 needs one with prune modes)."""
+        return metric if metric in PRUNED_METRICS else self.default_metric
+
     def top5(self, image: int, flat_head: int, mode: str) -> dict:
         """B3: top-5 classes and probabilities of `image` after pruning `flat_head` in `mode`,
-        and the unpruned top-5."""
+        and the unpruned top-5. A run without a classifier has none (`ValueError`)."""
+        if not self.has_classifier:
+            raise ValueError(NO_CLASSIFIER)
         layer, head = divmod(int(flat_head), self.num_heads)
         if mode in self.modes:
             m = self.modes.index(mode)

@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import panel as pn
 
-from explorer.data import METRICS, MODE_LABELS, SCOPES, RunData
+from explorer.data import METRICS, MODE_LABELS, NO_CLASSIFIER, RunData
 from explorer.state import ExplorerState
 from explorer.wiring import ExplorerViews
 from vit_jax_va.masks import PRUNE_MODES
 
 NOTES = {
     "A": "Every analysed image, placed by its features (t-SNE); colour is the class, opacity the "
-         "probability the model gives the true class. Hover for the thumbnail; click an image "
+         "probability the model gives the true class (a model without a classifier: grey for "
+         "unlabelled images, all opaque). Hover for the thumbnail; click an image "
          "(or type its id in the sidebar) to select it. B and D follow the selected image.",
     "B": "**B1**: the metric when one head is pruned (its attention zeroed), for every head: a "
-         "dip marks a head the prediction needs. Click a dot or a heat-map cell to select a head. "
+         "dip marks a head the prediction needs (without a classifier: a peak marks a head the "
+         "features need). Click a dot or a heat-map cell to select a head. "
          "**B2**: the same for the six partial-pruning modes (grey blocks of the glyph are "
          "zeroed: top row / left column = CLS, the rest = patches); click a bar to choose the "
          "mode of **B3**, the top-5 after that pruning. The curve prunes heads cumulatively "
@@ -97,9 +99,10 @@ def controls(data: RunData, state: ExplorerState) -> pn.Column:
         s.param.heads), styles={"font-size": "12px"}, margin=(0, 10))
 
     metric = pn.widgets.Select.from_param(s.param.metric, label="metric (B1, B2)")
-    metric_help = pn.pane.Markdown(pn.bind(lambda m: f"*{METRICS[m]}*", s.param.metric),
-                                   styles={"font-size": "12px"}, margin=(0, 10))
-    scope = pn.widgets.RadioButtonGroup.from_param(s.param.scope, label="scope", options=list(SCOPES))
+    absent = "" if data.has_classifier else f"\n\n{NO_CLASSIFIER}"
+    metric_help = pn.pane.Markdown(pn.bind(lambda m: f"*{METRICS[m]}*{absent}", s.param.metric),
+                                   styles={"font-size": "12px"}, margin=(0, 10), name="metric help")
+    scope = pn.widgets.RadioButtonGroup.from_param(s.param.scope, label="scope", options=data.scopes)
     classes = {"(the image's class)": -1, **{n: i for i, n in enumerate(data.class_names)}}
     scope_class = pn.widgets.Select(label="class of the class scope", options=classes, value=s.scope_class)
     scope_class.link(s, value="scope_class")

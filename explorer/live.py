@@ -143,14 +143,16 @@ def attention(run_path: str, image: int) -> np.ndarray:
 def ablation(run_path: str, image: int, mode: str):
     """Every head of one image pruned alone in one prune mode (`vit_jax_va.importance`):
     a `HeadAblation` with per-head arrays `[1, L, H, 1]`. The reference class is the one the
-    sweep used, so live values compare with stored ones."""
+    sweep used, so live values compare with stored ones (a backbone has none), and the patch
+    tokens are measured when the sweep measured them."""
     from vit_jax_va.importance import ablate_heads
 
     import jax
 
     model = load_model(run_path)
-    reference = store.load_npy(Path(run_path) / "importance" / "reference.npy", mmap=True)[int(image)]
-    precision = _manifest(run_path).get("options", {}).get("precision", "highest")
-    with jax.default_matmul_precision(precision):
-        return ablate_heads(model, model_input(run_path, image), np.asarray([reference]),
-                            modes=(mode,), batch_size=1)
+    path = Path(run_path) / "importance" / "reference.npy"
+    reference = (np.asarray([store.load_npy(path, mmap=True)[int(image)]]) if path.is_file() else None)
+    options = _manifest(run_path).get("options", {})
+    with jax.default_matmul_precision(options.get("precision", "highest")):
+        return ablate_heads(model, model_input(run_path, image), reference, modes=(mode,), batch_size=1,
+                            patch_tokens=bool(options.get("patch_tokens", False)))

@@ -38,6 +38,10 @@ class ExplorerState(param.Parameterized):
         self.param.image.bounds = (0, data.num_images - 1)
         self.param.head.bounds = (0, data.num_heads_total - 1)
         self.param.source_token.bounds = (0, data.num_tokens - 1)
+        self.param.metric.objects = data.metrics
+        self.param.scope.objects = data.scopes
+        if "metric" not in params:
+            self.metric = data.default_metric
         spaces = [s for s in SPACES if s in data.patterns]
         self.param.space.objects = spaces or list(SPACES)
         if self.space not in self.param.space.objects:
@@ -46,9 +50,10 @@ class ExplorerState(param.Parameterized):
             # Twice the uniform weight: a link means "more than an even share of attention".
             self.threshold = min(1.0, 2.0 / data.num_tokens)
         if "head" not in params and "heads" not in params:
-            # Open on the most important head of the run: the largest mean probability drop.
-            after = data.head_values("probability", "run", 0).values.reshape(-1)
-            self.select_heads([int(np.argmin(after))])
+            # Open on the most important head of the run: the largest mean probability drop
+            # (without a classifier: the largest mean change of the pooled features).
+            after = data.head_values(data.default_metric, "run", 0).values.reshape(-1)
+            self.select_heads([int(np.argmin(after) if data.has_classifier else np.argmax(after))])
 
     @param.depends("head", watch=True)
     def _primary_is_selected(self):

@@ -58,21 +58,27 @@ def random_images(config: ViTConfig, n: int, seed: int = 0) -> np.ndarray:
 
 def naive_logits(model: ViT, images, modes) -> dict[str, np.ndarray]:
     """One full masked forward per head through `model(...)`, per mode: `{mode: [L, H, B, K]}`
-    logits and `{mode_features: [L, H, B, C]}` pooled features, plus the unpruned logits `[B, K]`
-    under "unpruned", its features under "unpruned_features" and the unpruned attention
-    `[B, L, H, T, T]` under "attention"."""
+    logits, `{mode_features: [L, H, B, C]}` pooled features and `{mode_patches: [L, H, B, P, C]}`
+    the last layer's normed patch tokens (`model.encode`, every row), plus the unpruned logits
+    `[B, K]` under "unpruned", its features and patches under "unpruned_features" and
+    "unpruned_patches" and the unpruned attention `[B, L, H, T, T]` under "attention"."""
     c = model.config
     images = jnp.asarray(images)
     forward = jax.jit(lambda head_mask, region_mask: model(
         images, head_mask=head_mask, region_mask=region_mask, return_attention=True))
+    patches_of = jax.jit(lambda head_mask, region_mask: model.patch_tokens(model.encode(
+        images, head_mask=head_mask, region_mask=region_mask)[0]))
     keep_heads = jnp.ones((c.depth, c.num_heads))
     keep_regions = jnp.ones((c.depth, c.num_heads, c.num_tokens, c.num_tokens))
     unpruned = forward(keep_heads, keep_regions)
     out = {"unpruned": np.asarray(unpruned.logits), "attention": np.asarray(unpruned.attention),
-           "unpruned_features": np.asarray(unpruned.pre_logits)}
+           "unpruned_features": np.asarray(unpruned.pre_logits),
+           "unpruned_patches": np.asarray(patches_of(keep_heads, keep_regions))}
+    out_width = c.num_classes or c.width  # a backbone's "logits" are its pooled features
     for mode in modes:
-        logits = np.zeros((c.depth, c.num_heads, len(images), c.num_classes), np.float32)
+        logits = np.zeros((c.depth, c.num_heads, len(images), out_width), np.float32)
         features = np.zeros((c.depth, c.num_heads, len(images), c.width), np.float32)
+        patches = np.zeros((c.depth, c.num_heads, len(images), c.num_patches, c.width), np.float32)
         for layer in range(c.depth):
             for head in range(c.num_heads):
                 if mode == "head":
@@ -82,8 +88,10 @@ def naive_logits(model: ViT, images, modes) -> dict[str, np.ndarray]:
                 pruned = forward(*masks)
                 logits[layer, head] = np.asarray(pruned.logits)
                 features[layer, head] = np.asarray(pruned.pre_logits)
+                patches[layer, head] = np.asarray(patches_of(*masks))
         out[mode] = logits
         out[f"{mode}_features"] = features
+        out[f"{mode}_patches"] = patches
     return out
 
 
@@ -97,6 +105,13 @@ def naive_features(logits: np.ndarray, unpruned: np.ndarray) -> dict[str, np.nda
     f, f0 = np.asarray(logits, np.float64), np.asarray(unpruned, np.float64)
     cos = (f * f0).sum(-1) / (np.linalg.norm(f, axis=-1) * np.linalg.norm(f0, axis=-1))
     return dict(feature_cos=1 - cos, feature_rel_l2=np.linalg.norm(f - f0, axis=-1) / np.linalg.norm(f0, axis=-1))
+
+
+def naive_patch_metrics(patches: np.ndarray, unpruned: np.ndarray) -> dict[str, np.ndarray]:
+    """The patch-token metrics in float64 from patch tokens `[..., B, P, C]` and unpruned
+    `[B, P, C]`: the feature metrics of every patch token, averaged over the P patches."""
+    per_patch = naive_features(patches, unpruned)
+    return dict(patch_cos=per_patch["feature_cos"].mean(-1), patch_rel_l2=per_patch["feature_rel_l2"].mean(-1))
 
 
 def naive_metrics(logits: np.ndarray, reference: np.ndarray, unpruned_logits: np.ndarray

@@ -68,3 +68,32 @@ def timm_runs_dir(base: Path) -> Path:
         Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(images / f"img{i}.png")
     _sweep("--model", str(checkpoint), "--data", str(images), "--out", str(root / "runs" / "timm-tiny"))
     return root / "runs"
+
+
+@functools.lru_cache(maxsize=None)
+def backbone_runs_dir(base: Path) -> Path:
+    """A runs directory holding the run `dinov2-tiny`: a random timm DINOv2 backbone with
+    registers (`vit_small_patch14_reg4_dinov2`, 3 layers, 56 px: a 4 x 4 grid, no classifier;
+    layer scale 1, not timm's 1e-5 init, so that pruning a head changes something),
+    swept with the patch-token metrics over 6 unlabelled PNGs: the explorer without a
+    classifier."""
+    import timm
+    from PIL import Image
+
+    import converters
+    import vit_jax_va
+
+    root = base / "explorer-backbone"
+    checkpoint = root / "checkpoint"
+    model = converters.from_timm(timm.create_model("vit_small_patch14_reg4_dinov2", pretrained=False,
+                                                   num_classes=0, img_size=56, depth=3,
+                                                   init_values=1.0))  # heads that matter
+    vit_jax_va.save(model, checkpoint)
+    images = root / "images"
+    images.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 256, (56, 56, 3), dtype=np.uint8)).save(images / f"photo{i}.png")
+    _sweep("--model", str(checkpoint), "--data", str(images), "--out", str(root / "runs" / "dinov2-tiny"),
+           "--patch-tokens")
+    return root / "runs"

@@ -14,9 +14,9 @@ from PIL import Image
 
 from explorer import views
 from explorer.app import build_app, load_run
-from explorer.data import METRICS, SCOPES
+from explorer.data import METRICS, PATCH_METRICS, SCOPES
 from explorer.state import ExplorerState
-from tests.explorer_runs import demo_runs_dir, timm_runs_dir
+from tests.explorer_runs import backbone_runs_dir, demo_runs_dir, timm_runs_dir
 from vit_jax_va import store
 from vit_jax_va.masks import PRUNE_MODES
 
@@ -30,6 +30,12 @@ def demo(tmp_path_factory):
 def timm_run(tmp_path_factory):
     pytest.importorskip("timm")
     return timm_runs_dir(tmp_path_factory.getbasetemp()) / "timm-tiny"
+
+
+@pytest.fixture(scope="module")
+def backbone_run(tmp_path_factory):
+    pytest.importorskip("timm")
+    return backbone_runs_dir(tmp_path_factory.getbasetemp()) / "dinov2-tiny"
 
 
 def _render_everything(run_path):
@@ -54,7 +60,7 @@ def test_every_view_renders(which, request):
     state = app.state
     state.select_heads([data.num_heads_total - 1, 0])
     state.select_image(data.num_images - 1)
-    for metric in METRICS:
+    for metric in data.metrics:
         for scope in SCOPES:
             state.param.update(metric=metric, scope=scope)
             assert np.isfinite(views.head_importance_values(data, state).columns["y"]).all()
@@ -81,6 +87,57 @@ def test_every_view_renders(which, request):
                views.hop_profile_bars, views.entropy_distribution):
         title = fn(data, state).title
         assert data.head_label(state.head) in title, title
+
+
+def test_a_backbone_run_shows_the_feature_metrics_and_says_why_the_rest_is_absent(backbone_run):
+    from explorer.data import CLASS_METRICS, NO_CLASSIFIER
+    from explorer import live
+
+    app, figures, root = _render_everything(backbone_run)
+    data, state = app.state.data, app.state
+    assert not data.has_classifier and data.probs is None
+    assert data.metrics == ["feature_cos", "feature_rel_l2", "patch_cos", "patch_rel_l2", "confidence"]
+    # Unlabelled images and no prediction: no class to scope by.
+    assert data.scopes == ["image", "run"] and state.param.scope.objects == ["image", "run"]
+    imp = {k: np.asarray(v) for k, v in store.open_run(backbone_run).arrays("importance").items()}
+    head_mode = data.modes.index("head")
+    # The page opens on the metric it has and the head whose pruning moves the features most.
+    assert state.metric == "feature_cos"
+    assert state.head == int(np.argmax(imp["feature_cos"][head_mode].mean(-1).reshape(-1)))
+    for metric in ("feature_cos", "patch_rel_l2"):
+        for scope in data.scopes:
+            state.param.update(metric=metric, scope=scope)
+            images = data.scope_images(scope, state.image)
+            expected = imp[metric][head_mode][..., images].astype(np.float64).mean(-1).reshape(-1)
+            np.testing.assert_allclose(views.head_importance_values(data, state).columns["y"], expected)
+            bars = views.partial_pruning_bars(data, state)
+            assert metric in bars.title
+    # What a backbone cannot have is refused by name, and the page says why instead of a plot.
+    for metric in CLASS_METRICS:
+        with pytest.raises(ValueError, match="no classifier"):
+            data.head_values(metric, "run", 0)
+    assert NO_CLASSIFIER in views.top5_markdown(data, state)
+    assert "no classifier" in NO_CLASSIFIER and "vit-va probe" in NO_CLASSIFIER
+    help_text = [m.object for m in app.sidebar.select(pn.pane.Markdown) if m.name == "metric help"]
+    assert help_text and NO_CLASSIFIER in str(help_text[0])
+    # B2's value of a mode computed live equals the stored one (the live path of a backbone).
+    live_values = live.ablation(str(backbone_run), 2, "patch")
+    stored_patch = imp["patch_cos"][data.modes.index("patch")][..., 2]
+    assert stored_patch.max() > 1e-4  # pruning matters in this model, or the check proves little
+    np.testing.assert_allclose(live_values.patch_cos[0, ..., 0], stored_patch, rtol=1e-4, atol=1e-6)
+    # The curve measures the features: its lines are the stored curves.
+    curve = figures["curve"]
+    drawn = sorted((np.asarray(r.data_source.data["1 - cos(features)"], np.float64) for r in curve.renderers
+                    if hasattr(r, "data_source") and "1 - cos(features)" in r.data_source.data), key=np.sum)
+    stored = sorted((np.asarray(data.curve[k], np.float64) for k in ("feature_cos_most", "feature_cos_least")),
+                    key=np.sum)
+    assert len(drawn) == 2
+    np.testing.assert_allclose(drawn, stored, rtol=1e-6)
+    assert "feature_cos" in curve.xaxis[0].axis_label
+    # A: grey, opaque dots for unlabelled images; the titles name the image alone.
+    points = views.image_points(data, state).columns
+    assert set(points["cls"]) == {"(none)"} and (points["alpha"] == 0.8).all()
+    assert data.image_name(0) == f"image {data.ids[0]}"
 
 
 def test_timm_run_has_its_own_grid_and_no_labels(timm_run):
@@ -112,7 +169,7 @@ def raw(demo):
             for g in ("images", "importance", "strength", "patterns/patch", "curve")}
 
 
-@pytest.mark.parametrize("metric", list(METRICS))
+@pytest.mark.parametrize("metric", [m for m in METRICS if m not in PATCH_METRICS])  # the demo run has none
 @pytest.mark.parametrize("scope", list(SCOPES))
 def test_b1_shows_the_stored_metric(data, raw, metric, scope):
     imp, images = raw["importance"], raw["images"]

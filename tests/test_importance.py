@@ -7,13 +7,16 @@ import collections
 import jax
 import numpy as np
 import pytest
+import dataclasses
+
 from _importance_models import (CONFIGS, naive_confidence, naive_features, naive_logits,
-                                naive_metrics, random_images, random_model)
+                                naive_metrics, naive_patch_metrics, random_images, random_model)
 
 from vit_jax_va import PRUNE_MODES
 from vit_jax_va.head_scores import (head_confidence_per_image, normalise_by_layer,
                                     taylor_importance)
-from vit_jax_va.importance import ablate_heads
+from vit_jax_va.importance import HeadAblation, ablate_heads
+from vit_jax_va.pruning_curve import pruning_curve
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 
@@ -58,6 +61,77 @@ def test_ablation_equals_one_forward_per_head(name):
     # proves little.
     assert np.abs(result.prob[PRUNE_MODES.index("head")] - result.baseline_prob).max() > 1e-2
     assert result.feature_rel_l2[PRUNE_MODES.index("head")].max() > 1e-2
+
+
+def _check_representation(result, naive, modes, patches: bool):
+    """The feature (and patch-token) metrics of `result` against the naive forward passes."""
+    for i, mode in enumerate(modes):
+        name = "unpruned" if mode == "none" else mode
+        expected = naive_features(naive[f"{name}_features"], naive["unpruned_features"])
+        if patches:
+            expected.update(naive_patch_metrics(naive[f"{name}_patches"], naive["unpruned_patches"]))
+        for key, value in expected.items():
+            got = getattr(result, key)[i]
+            np.testing.assert_allclose(got, np.broadcast_to(value, got.shape), **TOL, err_msg=f"{mode} {key}")
+
+
+@pytest.mark.parametrize("name", ["token", "avg", "registers", "map_gelu_tanh"])
+def test_backbone_ablation_measures_the_representation_alone(name):
+    # A model without a classifier (DINOv2, CLIP, MAE towers): the feature metrics, per head and
+    # mode, and as an option the patch tokens', equal one masked forward per head; every field
+    # of the prediction is absent, and labels are ignored.
+    config = dataclasses.replace(CONFIGS[name], num_classes=0)
+    model = random_model(config, seed=4)
+    images = random_images(config, 5, seed=5)
+    modes = ("head", "none", "patch", "cls")
+    result = ablate_heads(model, images, labels=np.arange(5), modes=modes, batch_size=4,
+                          patch_tokens=True)
+    naive = naive_logits(model, images, ("head", "patch", "cls"))
+    _check_representation(result, naive, modes, patches=True)
+    assert not result.has_classifier
+    missing = [k for k, f in HeadAblation.shapes().items() if getattr(result, k) is None]
+    assert set(missing) == set(HeadAblation.shapes()) - set(HeadAblation.shapes(classifier=False))
+    assert "prob" in missing
+    assert result.patch_cos.shape == (len(modes), config.depth, config.num_heads, 5)
+    # Pruning moves the representation, or the comparison proves little.
+    assert result.patch_rel_l2[0].max() > 1e-2 and result.feature_rel_l2[0].max() > 1e-2
+    # `take` keeps the present fields and leaves the absent ones absent.
+    part = result.take([4, 1])
+    np.testing.assert_array_equal(part.patch_cos, result.patch_cos[..., [4, 1]])
+    assert part.prob is None
+
+
+@pytest.mark.parametrize("name", ["token", "distilled", "rel_pos_bias"])
+def test_patch_token_metrics_with_a_classifier(name):
+    # With class-token pooling the patch tokens need the last layer's every row, which the
+    # sweep otherwise skips: the class metrics must stay the same.
+    config = CONFIGS[name]
+    model = random_model(config, seed=6)
+    images = random_images(config, 3, seed=7)
+    result = ablate_heads(model, images, modes=("head", "cross"), batch_size=4, patch_tokens=True)
+    naive = naive_logits(model, images, ("head", "cross"))
+    _check_against_naive(result, naive, naive["unpruned"].argmax(-1), ("head", "cross"))
+    _check_representation(result, naive, ("head", "cross"), patches=True)
+    assert ablate_heads(model, images, modes=("head",), batch_size=4).patch_cos is None
+
+
+def test_pruning_curve_of_a_backbone_measures_the_features():
+    # Without a classifier the cumulative curve measures how far the pooled features move:
+    # each step against a forward with that step's head mask.
+    config = dataclasses.replace(CONFIGS["avg"], num_classes=0)
+    model = random_model(config, seed=8)
+    images = random_images(config, 3, seed=9)
+    scores = np.random.default_rng(0).random((config.depth, config.num_heads))
+    curve = pruning_curve(model, images, scores, num_pruned=[0, 3, 12], batch_size=2)
+    assert curve.prob is None and curve.accuracy is None
+    unpruned = np.asarray(model(images))
+    for step, count in enumerate([0, 3, 12]):
+        mask = np.ones(config.depth * config.num_heads, np.float32)
+        mask[curve.order[:count]] = 0
+        pruned = np.asarray(model(images, head_mask=mask.reshape(config.depth, config.num_heads)))
+        expected = naive_features(pruned, unpruned)["feature_cos"]
+        np.testing.assert_allclose(curve.feature_cos[step], expected, rtol=1e-5, atol=1e-5)
+    assert curve.feature_cos[0].max() < 1e-5 < curve.feature_cos[-1].min()
 
 
 def test_ablation_with_labels_uses_them_as_reference():

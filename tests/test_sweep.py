@@ -115,6 +115,43 @@ def test_new_families_sweep_end_to_end(family, tmp_path):
     assert run.manifest["complete"]
 
 
+def test_a_backbone_sweeps_with_the_feature_metrics_alone(tmp_path):
+    """A model without a classifier (a DINOv2/CLIP/MAE tower) sweeps end to end: the store holds
+    the feature and patch-token metrics the library computes, the curve ranks heads by their
+    feature change and measures it, and nothing of the prediction (probabilities, Taylor, top-5,
+    the images' predictions) is there."""
+    config = CONFIG.replace(num_classes=0, class_names=())
+    model, dataset = random_vit(config, seed=2), _random_pixels()
+    logs: list[str] = []
+    Sweep(model, usable_images(dataset), tmp_path / "r", options=SweepOptions(**SMALL, patch_tokens=True),
+          progress=False, log=logs.append).run()
+    run = vit_jax_va.open_run(tmp_path / "r")
+    images = next(dataset.batches(config, batch_size=10)).images
+    ablation = ablate_heads(model, images, modes=vit_jax_va.PRUNE_MODES, patch_tokens=True)
+    importance = run.arrays("importance")
+    assert set(importance) == {"feature_cos", "feature_rel_l2", "patch_cos", "patch_rel_l2", "modes"}
+    for key in ("feature_cos", "feature_rel_l2", "patch_cos", "patch_rel_l2"):
+        np.testing.assert_allclose(importance[key], getattr(ablation, key), atol=1e-6, err_msg=key)
+    assert set(run.arrays("images")) == {"ids", "labels", "features", "thumbnails", "overview_xy"}
+    np.testing.assert_array_equal(run.array("images", "labels"), dataset.labels)  # kept for the views
+    curve = run.arrays("curve")
+    assert str(curve["metric"]) == "feature_cos" and "accuracy_most" not in curve
+    ranking = ablation.feature_cos[1][..., ::2].mean(-1).reshape(-1)  # "head" is mode 1
+    order = np.asarray(curve["order_most"])
+    assert (np.diff(ranking[order]) <= 1e-6).all(), (order, ranking)
+    for step, pruned in enumerate(curve["num_pruned"]):
+        mask = np.ones(4, np.float32)
+        mask[order[:pruned]] = 0
+        features = np.asarray(model(jnp.asarray(images[1::2]), head_mask=jnp.asarray(mask.reshape(2, 2))), np.float64)
+        unpruned = np.asarray(model(jnp.asarray(images[1::2])), np.float64)
+        cos = (features * unpruned).sum(-1) / np.linalg.norm(features, axis=-1) / np.linalg.norm(unpruned, axis=-1)
+        assert curve["feature_cos_most"][step] == pytest.approx((1 - cos).mean(), abs=1e-5), step
+    assert curve["feature_cos_most"][-1] > 1e-3
+    assert run.manifest["complete"] and run.manifest["accuracy"] is None
+    summary = "\n".join(logs)
+    assert "no classifier" in summary and "1 - cosine similarity of the pooled features" in summary
+
+
 def test_attention_is_kept_for_the_chosen_images(tmp_path):
     model, dataset = random_vit(CONFIG, seed=0), _random_pixels()
     options = SweepOptions(**{**SMALL, "keep_attention": (7, 2, 7)})

@@ -137,6 +137,8 @@ _OPTION_FLAGS = (
     ("--clusters", dict(type=int), "k-means clusters (prototype patterns) of each pattern space"),
     ("--projection", dict(choices=PROJECTIONS), "2-D projection of the pattern space"),
     ("--curve-images", dict(type=int), "images of the cumulative pruning curves"),
+    ("--patch-tokens", dict(action="store_const", const=True),
+     "also measure what pruning each head does to the last layer's patch tokens"),
     ("--precision", dict(choices=("highest", "high", "default")),
      "JAX matmul precision; 'default' is fastest on GPU/TPU"),
     ("--seed", dict(type=int), "seed of every random choice"),
@@ -303,7 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
         "sweep", help="importance, strength and patterns of every head over a set of images",
         description="Prune every head alone in every partial-pruning mode, measure attention "
                     "strength and collect attention patterns for every image, train the pattern "
-                    "autoencoders, and write a results store that the explorer opens. With no "
+                    "autoencoders, and write a results store that the explorer opens. A model "
+                    "without a classifier (a DINOv2, CLIP or MAE backbone) is swept with the "
+                    "feature metrics alone (vit-va probe fits a classifier for the rest). With no "
                     "arguments: the shipped demo model on the shipped images, into RUNS_DIR/demo. "
                     "Killed and started again with the same arguments, it continues where it "
                     "stopped; on a finished run it does nothing. Uses every device JAX sees.")

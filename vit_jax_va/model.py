@@ -401,21 +401,22 @@ class ViT(nnx.Module):
         logits = self.head(pooled) if self.head is not None else pooled
         return logits, pooled
 
+    def patch_tokens(self, x: jax.Array) -> jax.Array:
+        """Final tokens `[B, T, C]` -> the patch tokens after the final norm `[B, P, C]` (what a
+        dense-prediction head reads, e.g. DINOv2's `x_norm_patchtokens`)."""
+        if self.norm is not None:
+            x = self.norm(x)
+        return x[:, self.config.num_prefix_tokens:]
+
     # Forward ------------------------------------------------------------------------------
 
-    def __call__(self, images: jax.Array, *, head_mask: jax.Array | None = None,
-                 region_mask: jax.Array | None = None,
-                 return_attention: bool = False) -> jax.Array | ViTOutput:
-        """Forward pass.
+    def encode(self, images: jax.Array, *, head_mask: jax.Array | None = None,
+               region_mask: jax.Array | None = None, rows: int | None = None
+               ) -> tuple[jax.Array, list[jax.Array]]:
+        """Images -> (final tokens `[B, R, C]`, every layer's attention `[B, H, R_l, T]`).
 
-        Args:
-          images: float32 `[B, height, width, channels]`, normalised.
-          head_mask: float `[L, H]`; 1 keeps a head, 0 prunes it, values between interpolate.
-          region_mask: float, broadcastable to `[L, H, T, T]`; multiplies post-softmax attention
-            (see `vit_jax_va.masks` for the six partial-pruning modes).
-          return_attention: return a `ViTOutput` with every layer's attention.
-        Returns:
-          logits `[B, K]`, or `ViTOutput` when `return_attention`.
+        The masks are those of `__call__`. With `rows` the last block computes only the first
+        R tokens (`Block(..., rows=)`; `classifier_rows` is what `classify` reads), else all T.
         """
         c = self.config
         if head_mask is not None:
@@ -436,15 +437,31 @@ class ViT(nnx.Module):
         x = self.embed(images)
         attentions = []
         for layer, block in enumerate(self.blocks):
-            # Without attention to return, the last block computes only the rows the
-            # classifier reads (`classifier_rows`).
-            last = layer == c.depth - 1 and not return_attention
             x, attention = block(x,
                                  None if head_mask is None else head_mask[layer],
                                  None if region_mask is None else region_mask[layer],
-                                 rows=self.classifier_rows if last else None)
-            if return_attention:
-                attentions.append(attention)
+                                 rows=rows if layer == c.depth - 1 else None)
+            attentions.append(attention)
+        return x, attentions
+
+    def __call__(self, images: jax.Array, *, head_mask: jax.Array | None = None,
+                 region_mask: jax.Array | None = None,
+                 return_attention: bool = False) -> jax.Array | ViTOutput:
+        """Forward pass.
+
+        Args:
+          images: float32 `[B, height, width, channels]`, normalised.
+          head_mask: float `[L, H]`; 1 keeps a head, 0 prunes it, values between interpolate.
+          region_mask: float, broadcastable to `[L, H, T, T]`; multiplies post-softmax attention
+            (see `vit_jax_va.masks` for the six partial-pruning modes).
+          return_attention: return a `ViTOutput` with every layer's attention.
+        Returns:
+          logits `[B, K]`, or `ViTOutput` when `return_attention`.
+        """
+        # Without attention to return, the last block computes only the rows the classifier
+        # reads (`classifier_rows`).
+        x, attentions = self.encode(images, head_mask=head_mask, region_mask=region_mask,
+                                    rows=None if return_attention else self.classifier_rows)
         logits, pre_logits = self.classify(x)
         if not return_attention:
             return logits

@@ -47,11 +47,7 @@ class Probe:
 
 @nnx.jit
 def _features(model: ViT, images: jax.Array) -> jax.Array:
-    x = model.embed(images)
-    for layer, block in enumerate(model.blocks):
-        last = layer == len(model.blocks) - 1
-        x, _ = block(x, rows=model.classifier_rows if last else None)
-    return model.classify(x)[1]
+    return model.classify(model.encode(images, rows=model.classifier_rows)[0])[1]
 
 
 def pooled_features(model: ViT, dataset: ImageDataset, batch_size: int = 32,

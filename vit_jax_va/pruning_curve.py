@@ -1,8 +1,10 @@
 """Cumulative pruning curve: the standard check that a metric ranks heads well.
 
 Heads are pruned one after another in the order of an importance score, and after each step
-the accuracy and the mean reference-class probability are measured. A good score that prunes
-least-important-first keeps accuracy up longest; most-important-first drops it fastest.
+the accuracy and the mean reference-class probability are measured, and how far the pooled
+features moved (1 - cosine similarity to the unpruned ones; the only measure for a model
+without a classifier). A good score that prunes least-important-first keeps accuracy up (the
+features still) longest; most-important-first drops it fastest.
 Every step is a head mask `[L, H]` with more zeros; the steps run vectorised with `jax.vmap`,
 in chunks, inside one jitted call per image chunk.
 
@@ -20,6 +22,7 @@ import numpy as np
 from flax import nnx
 
 from vit_jax_va import batching
+from vit_jax_va.importance import change
 from vit_jax_va.model import ViT
 from vit_jax_va.reference import check_labels, reference_class
 
@@ -29,26 +32,34 @@ class PruningCurve:
     """Attributes:
       order: `[L*H]` flat head indices (`layer * H + head`) in pruning order.
       num_pruned: `[S]` heads pruned at each step.
-      prob: `[S, N]` reference-class probability after each step.
-      correct: `[S, N]` bool, top-1 == reference class after each step.
-      reference: `[N]` the label, else the unpruned top-1 class.
+      feature_cos: `[S, N]` 1 - cosine similarity of the pooled features after each step and
+        unpruned.
+      prob: `[S, N]` reference-class probability after each step (None without a classifier).
+      correct: `[S, N]` bool, top-1 == reference class after each step (None without one).
+      reference: `[N]` the label, else the unpruned top-1 class (None without one).
     """
 
     order: np.ndarray
     num_pruned: np.ndarray
-    prob: np.ndarray
-    correct: np.ndarray
-    reference: np.ndarray
+    feature_cos: np.ndarray
+    prob: np.ndarray | None = None
+    correct: np.ndarray | None = None
+    reference: np.ndarray | None = None
 
     @property
-    def accuracy(self) -> np.ndarray:
+    def accuracy(self) -> np.ndarray | None:
         """`[S]` top-1 accuracy after each step."""
-        return self.correct.mean(axis=-1)
+        return None if self.correct is None else self.correct.mean(axis=-1)
 
     @property
-    def mean_prob(self) -> np.ndarray:
+    def mean_prob(self) -> np.ndarray | None:
         """`[S]` mean reference-class probability after each step."""
-        return self.prob.mean(axis=-1)
+        return None if self.prob is None else self.prob.mean(axis=-1)
+
+    @property
+    def mean_feature_cos(self) -> np.ndarray:
+        """`[S]` mean feature change (1 - cosine similarity) after each step."""
+        return self.feature_cos.mean(axis=-1)
 
 
 def cumulative_head_masks(order, num_pruned, num_layers: int, num_heads: int) -> np.ndarray:
@@ -63,15 +74,27 @@ def cumulative_head_masks(order, num_pruned, num_layers: int, num_heads: int) ->
 @functools.partial(jax.jit, static_argnums=(0, 5))
 def _curve_chunk(graphdef, state, images, labels, head_masks, step_chunk):
     model = nnx.merge(graphdef, state)
-    reference = reference_class(model(images), labels)
+    classifier = model.config.num_classes > 0
+
+    def run(head_mask=None):
+        return model.classify(model.encode(images, head_mask=head_mask, rows=model.classifier_rows)[0])
+
+    logits, features = run()
+    reference = reference_class(logits, labels) if classifier else None
 
     def step(head_mask):
-        logp = jax.nn.log_softmax(model(images, head_mask=head_mask), axis=-1)
-        prob = jnp.exp(jnp.take_along_axis(logp, reference[:, None], axis=1)[:, 0])
-        return prob, jnp.argmax(logp, axis=-1) == reference
+        logits, pruned_features = run(head_mask)
+        out = {"feature_cos": change(pruned_features, features)[0]}
+        if classifier:
+            logp = jax.nn.log_softmax(logits, axis=-1)
+            out["prob"] = jnp.exp(jnp.take_along_axis(logp, reference[:, None], axis=1)[:, 0])
+            out["correct"] = jnp.argmax(logp, axis=-1) == reference
+        return out
 
-    prob, correct = jax.lax.map(step, head_masks, batch_size=step_chunk)
-    return prob, correct, reference
+    out = jax.lax.map(step, head_masks, batch_size=step_chunk)
+    if classifier:
+        out["reference"] = reference
+    return out
 
 
 def pruning_curve(model: ViT, images, scores, labels=None, most_important_first: bool = True,
@@ -80,11 +103,12 @@ def pruning_curve(model: ViT, images, scores, labels=None, most_important_first:
     """Prune heads cumulatively in the order of `scores` and measure after each step.
 
     Args:
-      model: a `ViT` with a classifier.
+      model: a `ViT`; without a classifier only the feature change is measured.
       images: float32 `[N, height, width, channels]`, preprocessed.
       scores: `[L, H]` importance, larger = more important (e.g. `head_importance`,
         `taylor_importance`). Ties keep the flat head order.
-      labels: optional int `[N]`; else the reference is the unpruned top-1 class.
+      labels: optional int `[N]`; else the reference is the unpruned top-1 class (ignored
+        without a classifier).
       most_important_first: prune the highest scores first (else the lowest first).
       num_pruned: int `[S]` numbers of pruned heads to measure; default 0, 1, ..., L*H.
       batch_size: images per jitted call (the last chunk is padded).
@@ -108,11 +132,12 @@ def pruning_curve(model: ViT, images, scores, labels=None, most_important_first:
     if step_chunk is None:
         step_chunk = batching.variant_chunk(c, batch_size, len(num_pruned))
     images = np.asarray(images, np.float32)
-    labels = check_labels(labels, images.shape[0], c.num_classes)
+    classifier = c.num_classes > 0
+    labels = check_labels(labels if classifier else None, images.shape[0], c.num_classes)
     graphdef, state = nnx.split(model)
-    prob, correct, reference = batching.map_chunks(
+    axes = {"feature_cos": 1, **({"prob": 1, "correct": 1, "reference": 0} if classifier else {})}
+    out = batching.map_chunks(
         lambda images, labels: _curve_chunk(graphdef, state, images, labels, head_masks,
                                             int(step_chunk)),
-        [images, labels], batch_size, fills=[0, -1], image_axes=(1, 1, 0))
-    return PruningCurve(order=order, num_pruned=num_pruned, prob=prob, correct=correct,
-                        reference=reference)
+        [images, labels], batch_size, fills=[0, -1], image_axes=axes)
+    return PruningCurve(order=order, num_pruned=num_pruned, **out)

@@ -8,20 +8,26 @@ Layout (every array is a `.npy` file that numpy, pandas and friends read without
                           images (count, digest of inputs.json), library versions, timings,
                           stages done, complete flag
       inputs.json         ids [N] and pixels_sha256 [N]: what each image of the run is
-      images/             ids [N] str, labels [N] int (-1: none), prediction [N], probs [N, K],
+      images/             ids [N] str, labels [N] int (-1: none), prediction [N]*, probs [N, K]*,
                           features [N, C] (pre-logits), overview_xy [N, 2], thumbnails [N, h, w, c]
-      importance/         prob, correct, loss, kl [M, L, H, N]; top5_classes, top5_probs
-                          [M, L, H, N, 5]; baseline_prob, baseline_correct, baseline_loss [N];
-                          baseline_top5_classes, baseline_top5_probs [N, 5]; reference [N];
-                          taylor [L, H, N]; modes [M] str
+      importance/         feature_cos, feature_rel_l2 [M, L, H, N]; patch_cos, patch_rel_l2
+                          [M, L, H, N] (with the sweep's patch_tokens option); prob*, correct*,
+                          loss*, kl* [M, L, H, N]; top5_classes*, top5_probs* [M, L, H, N, 5];
+                          baseline_prob*, baseline_correct*, baseline_loss* [N];
+                          baseline_top5_classes*, baseline_top5_probs* [N, 5]; reference* [N];
+                          taylor* [L, H, N]; modes [M] str
       strength/           profile [N, L, H, rings]; entropy, mean_distance, cls_share,
                           confidence [N, L, H]
-      curve/              order_most, order_least [L*H]; num_pruned [S]; accuracy_most,
-                          accuracy_least, prob_most, prob_least [S]; metric (str, 0-d)
+      curve/              order_most, order_least [L*H]; num_pruned [S]; feature_cos_most,
+                          feature_cos_least, accuracy_most*, accuracy_least*, prob_most*,
+                          prob_least* [S]; metric (str, 0-d: "prob_drop", or "feature_cos"
+                          without a classifier)
       patterns/patch/     items, item_image, item_head, latents, xy, labels, prototypes, medoids,
       patterns/cls/       head_xy, head_shares, errors (autoencoder vs PCA); autoencoder/ (Orbax)
       attention/          IMAGE_INDEX.npy [L, H, T, T] for the images the run keeps
       chunks/             work in progress (removed when the run completes)
+
+(*: only for a model with a classifier; a backbone's run has the feature metrics alone.)
 
 Writes are atomic (temporary file, then rename), so a killed sweep never leaves a half-written
 file that looks finished. `open_run` reads a store back and checks its schema version.
@@ -58,7 +64,7 @@ SHAPES: dict[str, tuple] = {
     "images/probs": ("N", "K"), "images/features": ("N", None), "images/overview_xy": ("N", 2),
     "images/thumbnails": ("N", None, None, None),
     **{f"importance/{n}": ("M", "L", "H", "N") for n in ("prob", "correct", "loss", "kl", "feature_cos",
-                                                          "feature_rel_l2")},
+                                                          "feature_rel_l2", "patch_cos", "patch_rel_l2")},
     **{f"importance/{n}": ("M", "L", "H", "N", "k") for n in ("top5_classes", "top5_probs")},
     **{f"importance/{n}": ("N",) for n in ("baseline_prob", "baseline_correct", "baseline_loss", "reference")},
     **{f"importance/{n}": ("N", "k") for n in ("baseline_top5_classes", "baseline_top5_probs")},

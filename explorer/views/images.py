@@ -33,15 +33,17 @@ def image_points(data: RunData, state: ExplorerState | None = None) -> Marks:
     are image indices), coloured by class, opacity 0.25 + 0.75 p(true class); the hover shows
     label, prediction, id and the thumbnail (up to 5000 images). Static per run."""
     p_true = data.true_class_probability()
-    names = np.asarray(data.class_names, dtype=object)
-    label_names = np.where(data.labels >= 0, names[np.clip(data.labels, 0, None)], "(none)")
+    if p_true is None:  # no classifier: no prediction, every image equally opaque
+        p_true = np.full(data.num_images, np.nan)
+    # Index -1 (no label, no prediction) is the last entry: "(none)", grey.
+    names = np.asarray([*data.class_names, "(none)"], dtype=object)
     with_thumbs = data.num_images <= 5000  # data URIs cost ~0.5 kB each in the page
-    colours = np.asarray(class_colours(len(data.class_names)), dtype=object)
+    colours = np.asarray([*class_colours(len(data.class_names)), "#c8c8c8"], dtype=object)
     return Marks({
         "x": data.overview_xy[:, 0].astype(np.float64), "y": data.overview_xy[:, 1].astype(np.float64),
-        "cls": names[data.image_class], "fill": colours[data.image_class], "label": label_names,
+        "cls": names[data.image_class], "fill": colours[data.image_class], "label": names[data.labels],
         "prediction": names[data.prediction], "id": np.asarray(data.ids, dtype=object),
-        "p_true": p_true, "alpha": 0.25 + 0.75 * p_true,
+        "p_true": p_true, "alpha": np.where(np.isfinite(p_true), 0.25 + 0.75 * np.nan_to_num(p_true), 0.8),
         "thumb": np.asarray(data.thumbnail_uris() if with_thumbs else [""] * data.num_images, dtype=object),
     })
 

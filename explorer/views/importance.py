@@ -7,7 +7,7 @@ from dataclasses import replace
 import holoviews as hv
 import numpy as np
 
-from explorer.data import MODE_LABELS, PRUNED_METRICS, RunData
+from explorer.data import MODE_LABELS, RunData
 from explorer.marks import Marks
 from explorer.state import ExplorerState
 from explorer.figures import Frame
@@ -104,7 +104,7 @@ def _b2_layout(data: RunData, state: ExplorerState):
     of the bars' axis, span, the glyphs' band `(y0, y1)`)."""
     heads = [state.head, *extra_heads(state)]
     values = data.mode_values(state.metric, state.scope, state.image, heads, state.scope_class)
-    metric = state.metric if state.metric in PRUNED_METRICS else "probability"
+    metric = data.b2_metric(state.metric)
     table = np.array([values[m] for m in PRUNE_MODES])  # [modes, heads]
     finite = table[np.isfinite(table)]
     top = max(1.0 if metric in ("probability", "correct") else 0.0,
@@ -184,8 +184,11 @@ def top5_markdown(data: RunData, state: ExplorerState) -> str:
 
 
 def data_top5(data: RunData, state: ExplorerState):
+    from explorer.data import NO_CLASSIFIER
     from explorer.live import LiveUnavailable
 
+    if not data.has_classifier:
+        return f"**B3 · no top-5 predictions**: {NO_CLASSIFIER}"
     try:
         return data.top5(state.image, state.head, state.mode)
     except LiveUnavailable as err:
@@ -195,20 +198,27 @@ def data_top5(data: RunData, state: ExplorerState):
 @bokeh_element
 def pruning_curve(data: RunData) -> hv.Overlay:
     """The cumulative pruning curve of the run (static): accuracy as heads are pruned, most
-    important first versus least important first. The legend sits under the axes, off the lines;
-    the title says how many images were measured and whether they were held out from the
-    ranking."""
+    important first versus least important first; for a run without a classifier, the mean
+    change of the pooled features (1 - cosine similarity) instead. The legend sits under the
+    axes, off the lines; the title says how many images were measured and whether they were
+    held out from the ranking."""
     c = data.curve
     x = c["num_pruned"]
     metric = str(c.get("metric", "prob_drop"))
     n = int(c["num_images"]) if "num_images" in c else None
     held_out = "ranking_images" in c and not np.isin(c["images"], c["ranking_images"]).any()
     measured = f" · {n} {'held-out ' if held_out else ''}images" if n else ""
-    curves = [hv.Curve((x, c["accuracy_most"]), "heads pruned", "accuracy", label="most important first")
+    if "accuracy_most" in c:
+        measure, label, ylim = "accuracy", "accuracy", (0, 1.02)
+    else:
+        measure, label = "feature_cos", "1 - cos(features)"
+        top = float(max(np.max(c["feature_cos_most"]), np.max(c["feature_cos_least"]), 1e-6))
+        ylim = (0, 1.02 * top)
+    curves = [hv.Curve((x, c[f"{measure}_most"]), "heads pruned", label, label="most important first")
               .opts(color=HIGHLIGHT),
-              hv.Curve((x, c["accuracy_least"]), "heads pruned", "accuracy", label="least important first")
+              hv.Curve((x, c[f"{measure}_least"]), "heads pruned", label, label="least important first")
               .opts(color=CLS_COLOUR)]
     return hv.Overlay(curves).opts(hv.opts.Curve(tools=["hover"], line_width=2),
                                    hv.opts.Overlay(
         title=f"Pruning curve{measured}", xlabel=f"heads pruned (ranked by {metric})",
-        width=290, height=320, legend_position="bottom", legend_cols=1, ylim=(0, 1.02), toolbar=None))
+        width=290, height=320, legend_position="bottom", legend_cols=1, ylim=ylim, toolbar=None))

@@ -23,6 +23,8 @@ class SweepOptions:
     latent_dim, clusters, projection: the pattern space (`vit_jax_va.pattern_space`).
     curve_images: images the cumulative pruning curves are measured on (every other image of
       the run, at most this many; the heads are ranked on the others: held out).
+    patch_tokens: also measure what pruning each head does to the last layer's patch tokens
+      (`patch_cos`, `patch_rel_l2`: what dense-prediction heads read).
     precision: JAX matmul precision of the sweep ("highest" = full float32 on GPU/TPU too).
     seed: every random choice (pattern sample, autoencoder, projections).
     """
@@ -36,6 +38,7 @@ class SweepOptions:
     clusters: int = 8
     projection: str = "tsne"
     curve_images: int = 256
+    patch_tokens: bool = False
     precision: str = "highest"
     seed: int = 0
 

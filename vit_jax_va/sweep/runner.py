@@ -22,7 +22,7 @@ from vit_jax_va import batching, store
 from vit_jax_va.checkpoint import model_identity
 from vit_jax_va.data import ImageFileError, pixel_digest
 from vit_jax_va.devices import local_data_mesh
-from vit_jax_va.importance import HeadAblation, probability_drop
+from vit_jax_va.importance import HeadAblation
 from vit_jax_va.model import ViT
 from vit_jax_va.preprocess import preprocess
 from vit_jax_va.sweep import identity as run_identity
@@ -43,7 +43,9 @@ class Sweep:
                  log: Callable[[str], None] = print,
                  progress: bool | Callable[[str, int, int], None] = True):
         """Args:
-          model: a `ViT` with a classifier; dataset: the images (`usable_images` of a data set).
+          model: a `ViT`; without a classifier (a backbone) the run holds the feature metrics
+            and no metric of the prediction (`vit-va probe` fits a classifier for those).
+          dataset: the images (`usable_images` of a data set).
           out: the run directory (created, or an unfinished run of the same settings resumed).
           options: `SweepOptions`; model_source: the model's origin, recorded in the manifest
             ("demo", a checkpoint directory) so that the explorer can load it again.
@@ -51,9 +53,6 @@ class Sweep:
           progress: True for a terminal progress bar per stage, False for none, or a function
             `progress(stage, done, total)` called as each stage advances.
         """
-        if model.config.num_classes <= 0:
-            raise ValueError("the sweep needs a model with a classifier (num_classes > 0); for a backbone, "
-                             "fit one on labelled images first: vit-va probe MODEL --data LABELLED --out CKPT")
         if len(dataset) == 0:
             raise ValueError("the sweep got no images")
         outside = [int(i) for i in options.kept_attention(len(dataset)) if i >= len(dataset)]
@@ -270,9 +269,9 @@ class Sweep:
         with self._bar(4, "collect") as bar:
             importance = self.path / "importance"
             axes = HeadAblation.image_axes()
-            for key in stages.ABLATION_FIELDS:
-                store.concatenate_to_npy(importance, key, parts(key), axis=axes[key], total=n)
-            store.concatenate_to_npy(importance, "taylor", parts("taylor"), axis=2, total=n)
+            for key in (*stages.ABLATION_FIELDS, "taylor"):
+                if has(key):  # the class metrics and Taylor need a classifier
+                    store.concatenate_to_npy(importance, key, parts(key), axis=axes.get(key, 2), total=n)
             store.write_arrays(importance, modes=np.asarray(self.options.modes))
             bar.update(1)
             strength = self.path / "strength"
@@ -282,12 +281,17 @@ class Sweep:
             images = self.path / "images"
             store.concatenate_to_npy(images, "features", parts("features"), axis=0, total=n)
             store.concatenate_to_npy(images, "thumbnails", parts("thumbnails"), axis=0, total=n)
-            logits = np.concatenate(list(parts("logits")))
-            probs = np.asarray(jax.nn.softmax(jnp.asarray(logits), axis=-1))
             labels = (np.full(n, -1, np.int64) if self.dataset.labels is None
                       else np.asarray(self.dataset.labels, np.int64))
             store.write_arrays(images, ids=np.asarray([str(i) for i in self.dataset.ids]),
-                               labels=labels, prediction=probs.argmax(-1), probs=probs)
+                               labels=labels)
+            accuracy = None
+            if self.config.num_classes > 0:
+                logits = np.concatenate(list(parts("logits")))
+                probs = np.asarray(jax.nn.softmax(jnp.asarray(logits), axis=-1))
+                store.write_arrays(images, prediction=probs.argmax(-1), probs=probs)
+                if self.dataset.labels is not None:
+                    accuracy = float((probs.argmax(-1) == labels).mean())
             bar.update(1)
             sample = len(self._pattern_sample())
             for space, key in (("patch", "patch_items"), ("cls", "cls_items")):
@@ -297,8 +301,7 @@ class Sweep:
                     store.concatenate_to_npy(target, "raw_item_image", parts("item_image"), axis=0,
                                              total=sample)
             bar.update(1)
-        correct = probs.argmax(-1) == labels
-        return {"accuracy": float(correct.mean()) if self.dataset.labels is not None else None}
+        return {"accuracy": accuracy}
 
     # Stage 3: curve -----------------------------------------------------------------------
 
@@ -308,12 +311,11 @@ class Sweep:
         ranking, measured = stages.curve_split(self.num_images, self.options.curve_images)
         images, _ = self._read(measured)
         labels = None if self.dataset.labels is None else np.asarray(self.dataset.labels)[measured]
+        metric, scores = stages.ranking(imp, head, ranking)
         with self._bar(2, "curve") as bar:
-            curves = stages.pruning_curves(
-                self.model, images, labels, np.asarray(imp["baseline_prob"])[ranking],
-                np.asarray(imp["prob"][head][..., ranking]), self.options.batch_size,
-                on_curve=bar.update)
-        store.write_arrays(self.path / "curve", metric=np.asarray("prob_drop"),
+            curves = stages.pruning_curves(self.model, images, labels, scores,
+                                           self.options.batch_size, on_curve=bar.update)
+        store.write_arrays(self.path / "curve", metric=np.asarray(metric),
                            num_images=np.asarray(len(measured)), images=measured,
                            ranking_images=ranking, **curves)
         return {}
@@ -358,15 +360,19 @@ class Sweep:
         imp = run.arrays("importance")
         c = self.config
         head = list(self.options.modes).index("head")
-        drop = probability_drop(imp["baseline_prob"], imp["prob"][head])
+        metric, drop = stages.ranking(imp, head, np.arange(self.num_images))
         top = np.argsort(-drop.reshape(-1))[:5]
         lines = [f"sweep complete: {self.path}",
                  f"  {self.num_images} images, {c.depth} layers x {c.num_heads} heads, "
                  f"{len(self.options.modes)} prune modes"]
         if self.manifest.get("accuracy") is not None:
             lines.append(f"  accuracy {self.manifest['accuracy']:.2%}")
-        lines.append("  most important heads (mean drop of the reference-class probability when "
-                     "pruned): " + ", ".join(f"L{h // c.num_heads}H{h % c.num_heads} "
+        if metric == "feature_cos":
+            lines.append("  no classifier: the heads are ranked by what pruning them does to the pooled "
+                         "features (vit-va probe fits a classifier for the class metrics)")
+        meaning = {"prob_drop": "mean drop of the reference-class probability when pruned",
+                   "feature_cos": "mean 1 - cosine similarity of the pooled features when pruned"}
+        lines.append(f"  most important heads ({meaning[metric]}): " + ", ".join(f"L{h // c.num_heads}H{h % c.num_heads} "
                                              f"{drop.reshape(-1)[h]:+.3f}" for h in top))
         for space, err in self.manifest.get("pattern_errors", {}).items():
             lines.append(f"  {space} patterns: held-out MSE autoencoder {err['autoencoder_mse']:.4g}"

@@ -60,15 +60,18 @@ def analyse_chunk(model: ViT, images: np.ndarray, labels: np.ndarray | None, pos
     `positions` `[n]`.
 
     Returns:
-      (chunk arrays: `ABLATION_FIELDS`, `taylor` `[L, H, n]`, `logits`, `features`, the
+      (chunk arrays: the `ABLATION_FIELDS` the model has, `taylor` `[L, H, n]` (with a
+      classifier), `logits`, `features`, the
       strength statistics, and for the sampled images `patch_items`, `cls_items`,
       `item_image`; {position: attention `[L, H, T, T]`} of the kept images).
     """
     ablation = ablate_heads(model, images, labels, modes=options.modes,
-                            batch_size=options.batch_size, mesh=mesh)
-    chunk = {k: getattr(ablation, k) for k in ABLATION_FIELDS}
-    chunk["taylor"] = taylor_importance(model, images, labels, per_image=True,
-                                        batch_size=options.batch_size)
+                            batch_size=options.batch_size, mesh=mesh,
+                            patch_tokens=options.patch_tokens)
+    chunk = {k: v for k, v in ablation.arrays().items() if k in ABLATION_FIELDS}
+    if ablation.has_classifier:  # the gradient of a loss: there is none without a class
+        chunk["taylor"] = taylor_importance(model, images, labels, per_image=True,
+                                            batch_size=options.batch_size)
     statistics, attention = attention_statistics(model.config, forward, images, positions,
                                                  options.batch_size, sampled=sampled, kept=kept)
     return {**chunk, **statistics}, attention
@@ -119,21 +122,35 @@ def curve_split(num_images: int, curve_images: int) -> tuple[np.ndarray, np.ndar
     return np.setdiff1d(positions, measured), measured
 
 
-def pruning_curves(model: ViT, images: np.ndarray, labels: np.ndarray | None, baseline_prob,
-                   prob, batch_size: int, on_curve=lambda: None) -> dict[str, np.ndarray]:
+def ranking(importance: dict[str, np.ndarray], head: int, images: np.ndarray
+            ) -> tuple[str, np.ndarray]:
+    """What the sweep ranks heads by (the summary, the pruning curve), from the stored
+    `importance` arrays of the whole-head mode (index `head`) on `images`: ("prob_drop", the
+    `probability_drop` `[L, H]`) with a classifier, else ("feature_cos", the mean feature change
+    `[L, H]`). Larger means pruning the head changes more."""
+    if "prob" in importance:
+        return "prob_drop", probability_drop(np.asarray(importance["baseline_prob"])[images],
+                                             np.asarray(importance["prob"][head][..., images]))
+    return "feature_cos", np.asarray(importance["feature_cos"][head][..., images], np.float64).mean(axis=-1)
+
+
+def pruning_curves(model: ViT, images: np.ndarray, labels: np.ndarray | None, scores: np.ndarray,
+                   batch_size: int, on_curve=lambda: None) -> dict[str, np.ndarray]:
     """Both cumulative pruning curves (most and least important head first) on `images`, in
-    the order of the `probability_drop` of the ranking images' `baseline_prob` `[R]` and
-    head-mode `prob` `[L, H, R]`. `on_curve()` is called after each curve."""
+    the order of `scores` `[L, H]` (`ranking`): the mean feature change after each step and,
+    with a classifier, the accuracy and mean reference-class probability. `on_curve()` is
+    called after each curve."""
     from vit_jax_va.pruning_curve import pruning_curve
 
-    drop = probability_drop(baseline_prob, prob)
     curves = {}
     for name, first in (("most", True), ("least", False)):
-        curve = pruning_curve(model, images, drop, labels, most_important_first=first,
+        curve = pruning_curve(model, images, scores, labels, most_important_first=first,
                               batch_size=batch_size)
         curves[f"order_{name}"] = curve.order
-        curves[f"accuracy_{name}"] = curve.accuracy
-        curves[f"prob_{name}"] = curve.mean_prob
+        curves[f"feature_cos_{name}"] = curve.mean_feature_cos
+        if curve.prob is not None:
+            curves[f"accuracy_{name}"] = curve.accuracy
+            curves[f"prob_{name}"] = curve.mean_prob
         curves["num_pruned"] = curve.num_pruned
         on_curve()
     return curves
