@@ -1,7 +1,8 @@
 """Images in chunks of a fixed size, so that a jitted computation over any number of images
 compiles once.
 
-`chunks` yields the chunks with the last one padded up to the chunk size; `map_chunks` runs a
+`chunks` yields the chunks with the last one padded up to the chunk size (`fitted_size` keeps
+a few images from being padded up to a large one); `map_chunks` runs a
 function over them and joins its outputs along each output's image axis with the padding
 dropped. Every batched computation of the package (`ablate_heads`, `taylor_importance`,
 `head_confidence_per_image`, `pruning_curve`, the sweep's attention statistics) goes through
@@ -52,6 +53,15 @@ def to_host(value: Any) -> np.ndarray:
 
         return np.asarray(multihost_utils.process_allgather(value, tiled=True))
     return np.asarray(value)
+
+
+def fitted_size(n: int, size: int) -> int:
+    """The chunk size for `n` images at most `size` per call: `size`, or for fewer images the
+    smallest power of two >= n (a few images are not padded up to a large chunk, e.g. 2 to 16:
+    8x the work of a big model; powers of two bound the shapes compiled to log2(size))."""
+    if n >= size:
+        return size
+    return min(size, 1 << max(0, n - 1).bit_length())
 
 
 def map_chunks(fn: Callable[..., Any], arrays: Sequence[np.ndarray], size: int, *,

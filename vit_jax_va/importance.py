@@ -374,7 +374,7 @@ def ablate_heads(model: ViT, images, labels=None, modes: tuple[str, ...] = ("hea
         the reference is the unpruned model's top-1 prediction. A backbone ignores them.
       modes: prune modes from `vit_jax_va.masks.PRUNE_MODES`; "head" prunes the whole head.
       batch_size: images per jitted call. The last chunk is padded, so every call has the same
-        shape and the sweep compiles once; with a mesh it is rounded up to a multiple of the
+        shape and the sweep compiles once (fewer images: `batching.fitted_size`); with a mesh it is rounded up to a multiple of the
         number of devices.
       variant_chunk: (mode, head) pairs vectorised together; default from a memory budget.
       mesh: split each image chunk over the mesh's devices (data parallel). Results equal the
@@ -395,6 +395,7 @@ def ablate_heads(model: ViT, images, labels=None, modes: tuple[str, ...] = ("hea
     images = np.asarray(images, np.float32)
     n = images.shape[0]
     labels = check_labels(labels if classifier else None, n, c.num_classes)
+    batch_size = batching.fitted_size(n, batch_size)
     if mesh is not None:
         batch_size = math.ceil(batch_size / mesh.size) * mesh.size
     # "none" changes nothing: it is filled from the unpruned pass, not swept.

@@ -111,7 +111,8 @@ def pruning_curve(model: ViT, images, scores, labels=None, most_important_first:
         without a classifier).
       most_important_first: prune the highest scores first (else the lowest first).
       num_pruned: int `[S]` numbers of pruned heads to measure; default 0, 1, ..., L*H.
-      batch_size: images per jitted call (the last chunk is padded).
+      batch_size: images per jitted call (the last chunk is padded; fewer images:
+        `batching.fitted_size`).
       step_chunk: steps vectorised together; default from a memory budget.
     Returns:
       a `PruningCurve`.
@@ -129,9 +130,10 @@ def pruning_curve(model: ViT, images, scores, labels=None, most_important_first:
     if num_pruned.ndim != 1 or num_pruned.min() < 0 or num_pruned.max() > flat.size:
         raise ValueError(f"num_pruned must be a 1-d array in [0, {flat.size}]")
     head_masks = cumulative_head_masks(order, num_pruned, c.depth, c.num_heads)
+    images = np.asarray(images, np.float32)
+    batch_size = batching.fitted_size(images.shape[0], batch_size)
     if step_chunk is None:
         step_chunk = batching.variant_chunk(c, batch_size, len(num_pruned))
-    images = np.asarray(images, np.float32)
     classifier = c.num_classes > 0
     labels = check_labels(labels if classifier else None, images.shape[0], c.num_classes)
     graphdef, state = nnx.split(model)
