@@ -409,7 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "metrics: it has no classifier; strength; patterns) into RUNS_DIR/dinov2-photos "
                     "and open the explorer on it. Every step is kept (in $VIT_VA_CACHE, default "
                     "~/.cache/vit-jax-va) and skipped when done; an interrupted sweep resumes. "
-                    "About 15 minutes on 2 CPU cores. Needs the extra: pip install 'vit-jax-va[dinov2]'.")
+                    "About 10 minutes on 2 CPU cores. Needs the extra: pip install 'vit-jax-va[dinov2]'.")
     demo.add_argument("name", choices=("dinov2",), help="which demo")
     demo.add_argument("--runs-dir", default="runs", help="where the run goes (default: runs)")
     demo.add_argument("--images", type=int, help="sweep only the first N photographs (default: all 12)")
