@@ -37,6 +37,12 @@ def require_onnx(what: str) -> None:
     _require(what, ("onnx", "onnxruntime"), "onnx")
 
 
+def require_dinov2(what: str) -> None:
+    """Raise `MissingExtraError` unless onnx, onnxruntime and scikit-image (the photographs of
+    `vit-va demo dinov2`) can be imported."""
+    _require(what, ("onnx", "onnxruntime", "skimage"), "dinov2")
+
+
 def require_hf(what: str) -> None:
     """Raise `MissingExtraError` unless torch and transformers can be imported."""
     _require(what, ("torch", "transformers"), "hf")

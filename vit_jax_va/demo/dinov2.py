@@ -17,7 +17,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from vit_jax_va.inputs import MissingExtraError, require_onnx
+from vit_jax_va.inputs import require_dinov2
 
 RUN_NAME = "dinov2-photos"
 CHECKPOINT_NAME = "dinov2-s14-checkpoint"
@@ -32,15 +32,6 @@ PHOTOS = (
     ("hubble_deep_field", "galaxies"), ("retina", "retina"),
     ("camera", "cameraman"), ("coins", "coins"), ("moon", "moon"), ("clock", "clock"),
 )
-
-
-def require_photos(what: str) -> None:
-    """Raise `MissingExtraError` unless scikit-image (the photographs) can be imported."""
-    import importlib.util
-
-    if importlib.util.find_spec("skimage") is None:
-        raise MissingExtraError(f"{what} needs scikit-image (its photographs), which is not "
-                                f"installed: pip install 'vit-jax-va[dinov2]'")
 
 
 def write_photos(folder: str | os.PathLike, count: int | None = None) -> Path:
@@ -104,8 +95,7 @@ def dinov2_demo(runs_dir: str | os.PathLike = "runs", *, images: int | None = No
     from vit_jax_va.inputs import sweep_inputs
     from vit_jax_va.sweep import Sweep, SweepOptions
 
-    require_onnx("vit-va demo dinov2")
-    require_photos("vit-va demo dinov2")
+    require_dinov2("vit-va demo dinov2")
     cache = Path(cache) if cache is not None else default_cache()
     checkpoint = converted_model(cache, log)
     photos = write_photos(cache / PHOTOS_NAME)
