@@ -10,9 +10,7 @@ with the reason when either is missing.
 """
 
 import os
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,11 +18,9 @@ import numpy as np
 import pytest
 
 from explorer.titles import TITLE_CLASS
-from tests.explorer_runs import REPO, demo_runs_dir
+from tests.browser import CHROMIUM, CHROMIUM_ARGS, open_page, serve
+from tests.explorer_runs import REPO, backbone_runs_dir, demo_runs_dir
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 ARTIFACTS = REPO / "test-artifacts"
 
 # CI sets VIT_VA_REQUIRE_BROWSER=1 so that a missing browser fails there instead of skipping.
@@ -71,43 +67,20 @@ POSITION_JS = """([prefix, x, y]) => {
 }"""
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    base = tmp_path_factory.getbasetemp()
+    runs = demo_runs_dir(base)
+    with serve(runs, "demo", base / "panel-serve.log") as url:
+        yield url, runs / "demo"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    runs = demo_runs_dir(tmp_path_factory.getbasetemp())
-    port = _free_port()
-    env = {**os.environ, "VIT_VA_RUNS": str(runs), "VIT_VA_RUN": "demo",
-           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    log = open(tmp_path_factory.getbasetemp() / "panel-serve.log", "w")
-    process = subprocess.Popen([sys.executable, "-m", "panel", "serve", "explorer", "--port", str(port),
-                                "--address", "localhost"], cwd=REPO, env=env, stdout=log,
-                               stderr=subprocess.STDOUT)
-    url = f"http://localhost:{port}/explorer"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            # Only that the server listens: a page request would build a whole session, which
-            # can take longer than any short timeout on a busy machine.
-            try:
-                socket.create_connection(("localhost", port), timeout=2).close()
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"panel serve did not start; see {log.name}")
-                time.sleep(0.5)
-        yield url, runs / "demo"
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
+def backbone_server(tmp_path_factory):
+    base = tmp_path_factory.getbasetemp()
+    runs = backbone_runs_dir(base)
+    with serve(runs, "dinov2-tiny", base / "panel-serve-backbone.log") as url:
+        yield url, runs / "dinov2-tiny"
 
 
 def _titles(page) -> list[str]:
@@ -181,13 +154,7 @@ def test_served_explorer_links_views(server):
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1800, "height": 2050})
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(url, timeout=180_000)  # the first page builds every view
-            for area in ("A · Image overview", "B · Head importance", "C · Attention strength",
-                         "D · Attention patterns"):
-                page.get_by_text(area).first.wait_for(timeout=120_000)
+            page = open_page(browser, url, errors, {"width": 1800, "height": 2050})
             _wait_title(page, "D4 ·", data.head_label(first.head))
             c2_before = _wait_title(page, "C2 ·", data.head_label(first.head))
             d4_before = _wait_title(page, "D4 ·", data.head_label(first.head))
@@ -240,3 +207,43 @@ def test_served_explorer_links_views(server):
     assert (ARTIFACTS / "explorer.png").stat().st_size > 50_000
     assert errors == [], errors
 
+
+
+def test_a_backbone_run_in_the_browser(backbone_server):
+    """A run without a classifier: the page opens on the feature metric, B3 says why it has no
+    predictions, a click on a head in B1 still links C2 and D4, and nothing is clipped."""
+    from explorer.data import NO_CLASSIFIER, RunData
+    from explorer.state import ExplorerState
+
+    url, run_path = backbone_server
+    data = RunData(run_path)
+    assert not data.has_classifier and data.default_metric == "feature_cos"
+    first = ExplorerState(data)
+    target = (first.head + data.num_heads + 1) % data.num_heads_total
+
+    errors = []
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = open_page(browser, url, errors, {"width": 1800, "height": 2050})
+            c2_before = _wait_title(page, "C2 ·", data.head_label(first.head))
+            d4_before = _wait_title(page, "D4 ·", data.head_label(first.head))
+            _wait_title(page, "B1 · feature_cos", data.ids[first.image])
+            page.get_by_text("B3 · no top-5 predictions").first.wait_for(timeout=60_000)
+            page.get_by_text(NO_CLASSIFIER[:40]).first.wait_for(timeout=60_000)
+            assert _clipped_titles(page) == []
+
+            line = data.head_values("feature_cos", "image", first.image).values.reshape(-1)
+            x, y = page.evaluate(POSITION_JS, ["B1 · feature_cos", target, float(line[target])])
+            page.mouse.click(x, y)
+            assert _wait_title(page, "C2 ·", data.head_label(target)) != c2_before
+            assert _wait_title(page, "D4 ·", data.head_label(target)) != d4_before
+            _wait_title(page, "B1 · feature_cos", f" · {data.head_label(target)}")
+            assert _clipped_titles(page) == []
+            page.mouse.move(1, 1)
+            time.sleep(1.0)
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "explorer-backbone.png"), full_page=True)
+        finally:
+            browser.close()
+    assert errors == [], errors
