@@ -67,20 +67,22 @@ POSITION_JS = """([prefix, x, y]) => {
 }"""
 
 
+def _served(tmp_path_factory, runs_dir, run: str):
+    """The URL of `panel serve explorer` on the run `run` of `runs_dir(base)`, and its path."""
+    base = tmp_path_factory.getbasetemp()
+    runs = runs_dir(base)
+    with serve(runs, run, base / f"panel-serve-{run}.log") as url:
+        yield url, runs / run
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    base = tmp_path_factory.getbasetemp()
-    runs = demo_runs_dir(base)
-    with serve(runs, "demo", base / "panel-serve.log") as url:
-        yield url, runs / "demo"
+    yield from _served(tmp_path_factory, demo_runs_dir, "demo")
 
 
 @pytest.fixture(scope="module")
 def backbone_server(tmp_path_factory):
-    base = tmp_path_factory.getbasetemp()
-    runs = backbone_runs_dir(base)
-    with serve(runs, "dinov2-tiny", base / "panel-serve-backbone.log") as url:
-        yield url, runs / "dinov2-tiny"
+    yield from _served(tmp_path_factory, backbone_runs_dir, "dinov2-tiny")
 
 
 def _titles(page) -> list[str]:
