@@ -6,7 +6,7 @@ from __future__ import annotations
 import panel as pn
 
 from explorer.data import METRICS, MODE_LABELS, NO_CLASSIFIER, RunData
-from explorer.state import ExplorerState
+from explorer.state import LINKS, ExplorerState
 from explorer.wiring import ExplorerViews
 from vit_jax_va.masks import PRUNE_MODES
 
@@ -33,7 +33,8 @@ NOTES = {
          "sidebar, click a prototype to select the heads of its cluster. **D2**: the image with "
          "the selected source token's attention; click a patch to make it the source. **D3**: "
          "links from source tokens (top) to the targets they attend to (bottom), CLS links blue, "
-         "patch links orange, above the threshold. **D4**: the full attention matrix (click a "
+         "patch links orange: the source token's links above the threshold and its strongest "
+         "targets, or (sidebar) every link above the threshold. **D4**: the full attention matrix (click a "
          "row to choose the source). **D5**: the values' histogram; click to set the threshold.",
 }
 
@@ -114,11 +115,13 @@ def controls(data: RunData, state: ExplorerState) -> pn.Column:
                                                   step=0.005)
     space = pn.widgets.RadioButtonGroup.from_param(s.param.space, label="pattern space (D1)")
     token = pn.widgets.IntInput.from_param(s.param.source_token, label=f"source token (0 = {data.token_name(0)})")
+    links = pn.widgets.RadioButtonGroup.from_param(s.param.links, label="links (D3)",
+                                                   options={label: key for key, label in LINKS.items()})
     return pn.Column(
         "### Image", image_id, found, image_index, thumb,
         "### Head", head_select, selected,
         "### Importance", metric, metric_help, "scope", scope, scope_class, mode,
-        "### Patterns", space, token, threshold, sizing_mode="stretch_width")
+        "### Patterns", space, token, threshold, "links (D3)", links, sizing_mode="stretch_width")
 
 
 def pattern_errors(data: RunData) -> str:

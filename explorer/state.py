@@ -14,6 +14,11 @@ import param
 from explorer.data import METRICS, SCOPES, SPACES, RunData
 from vit_jax_va.masks import PRUNE_MODES
 
+# What D3 draws: the selected source token's links at or above the threshold and its strongest
+# targets (a handful of links that can be followed), or every link above the threshold of
+# every source (up to MAX_LINKS: a field in which the head's overall pattern shows).
+LINKS = {"source": "source token", "all": "all above threshold"}
+
 
 class ExplorerState(param.Parameterized):
     """Selection state for one run in one browser session."""
@@ -31,6 +36,8 @@ class ExplorerState(param.Parameterized):
     threshold = param.Number(default=0.05, bounds=(0.0, 1.0),
                              doc="attention weight at or above which D2/D3 draw a link")
     space = param.Selector(default="patch", objects=list(SPACES), doc="pattern space of D1")
+    links = param.Selector(default="source", objects=list(LINKS),
+                           doc="D3: the source token's links, or every link above the threshold")
 
     def __init__(self, data: RunData, **params):
         self.data = data

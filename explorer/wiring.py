@@ -101,7 +101,7 @@ class ExplorerViews:
                                   (IMAGE[0], {**IMAGE[1], "global_alpha": 0.65}),
                                   [("attention", "@image{0.0000}")], colours="linear", colour_bar=True),
             "D2 outlines": layer(views.image_attention_outlines, DETAIL, QUADS),
-            "D3": layer(views.attention_links, DETAIL, SEGMENTS),
+            "D3": layer(views.attention_links, [*DETAIL, "links"], SEGMENTS),
             "D4": layer(views.attention_matrix, ["image", "head"], IMAGE,
                         [("source", "$y{0}"), ("target", "$x{0}"), ("attention", "@image{0.0000}")],
                         colours="eq_hist", colour_bar=True, nan_colour="white"),

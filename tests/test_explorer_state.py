@@ -376,6 +376,7 @@ def test_marks_follow_the_selection_in_the_served_figures(linked, data):
 
     # D3's links are a marks layer: every weight at or above the threshold, up to MAX_LINKS.
     state.select_image(sorted(data.kept)[0])
+    state.links = "all"
     matrix = np.asarray(data.attention(state.image)[0][state.layer, state.head_in_layer])
     links = v.marks["D3"].source(figures["D3"]).data
     assert len(links["x0"]) == min(views.MAX_LINKS, int((matrix >= state.threshold).sum())) > 0

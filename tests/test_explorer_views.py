@@ -229,6 +229,7 @@ def test_d_views_show_the_heads_attention(data):
     matrix = views.attention_matrix(data, state).columns["image"][0]  # row 0 (CLS) on top: inverted axis
     np.testing.assert_allclose(matrix, attention, rtol=1e-6)
     state.threshold = float(np.quantile(attention, 0.9))
+    state.links = "all"
     links = views.attention_links(data, state).columns
     assert len(links["x0"]) == min(views.MAX_LINKS, int((attention >= state.threshold).sum()))
     assert (links["weight"] >= state.threshold).all()
@@ -251,6 +252,31 @@ def test_d_views_show_the_heads_attention(data):
     np.testing.assert_array_equal(red, thumb[..., 0])
     targets = int((attention[data.num_prefix + 5, data.num_prefix:] >= state.threshold).sum())
     assert len(views.image_attention_outlines(data, state).columns["x0"]) == targets + 1  # and the source
+
+
+def test_d3_draws_the_source_tokens_links_and_its_strongest_targets(data):
+    kept = sorted(data.kept)[0]
+    head = data.num_heads + 1
+    state = ExplorerState(data, image=kept, head=head, heads=[head])
+    assert state.links == "source"  # what a new session shows: links that can be followed
+    attention = data.run.attention(kept)[1, 1]
+    # The threshold of a new session, and one that no weight reaches: the strongest targets alone.
+    for token, threshold in ((0, state.threshold), (data.num_prefix + 3, state.threshold), (0, 1.0)):
+        state.source_token, state.threshold = token, threshold
+        row = attention[token]
+        # A naive loop: every target at or above the threshold, and the strongest few.
+        ranked = sorted(range(len(row)), key=lambda t: -row[t])
+        expected = {t for t in range(len(row)) if row[t] >= state.threshold} | set(ranked[:views.SOURCE_TARGETS])
+        links = views.attention_links(data, state)
+        cols = links.columns
+        assert (cols["x0"] == token).all()
+        assert set(cols["x1"].astype(int)) == expected and len(cols["x1"]) == len(expected)
+        np.testing.assert_allclose(cols["weight"], row[cols["x1"].astype(int)], rtol=1e-6)
+        assert f"{len(expected)} links of {data.token_name(token)}" in links.title
+    assert len(cols["x1"]) == views.SOURCE_TARGETS
+    # Every link above the threshold is the other choice, and far more links.
+    state.links, state.threshold = "all", 2.0 / data.num_tokens
+    assert len(views.attention_links(data, state).columns["x0"]) > len(expected)
 
 
 def test_d1_density_counts_every_item_once(data, raw):

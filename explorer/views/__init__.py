@@ -22,7 +22,7 @@ Modules by the paper's areas: `images` (A), `importance` (B), `strength` (C), `p
 from __future__ import annotations
 
 from explorer.views.glyphs import (BAR, CLS_COLOUR, HIGHLIGHT, MAX_EXTRA_HEADS, MAX_LINKS,
-                                   PATCH_COLOUR, SECONDARY, class_colours, layer_colours,
+                                   PATCH_COLOUR, SECONDARY, SOURCE_TARGETS, class_colours, layer_colours,
                                    set_defaults)
 from explorer.views.images import image_marker, image_overview_frame, image_points
 from explorer.views.importance import (data_top5, head_importance_boxes, head_importance_cells,

@@ -11,8 +11,8 @@ from explorer.data import RunData
 from explorer.marks import Marks
 from explorer.state import ExplorerState
 from explorer.figures import Frame
-from explorer.views.glyphs import (CLS_COLOUR, HIGHLIGHT, MAX_LINKS, PATCH_COLOUR, bokeh_element,
-                                   extra_heads, image_glyph, layer_colours, palette, quads, rings)
+from explorer.views.glyphs import (CLS_COLOUR, HIGHLIGHT, MAX_LINKS, PATCH_COLOUR, SOURCE_TARGETS,
+                                   bokeh_element, extra_heads, image_glyph, layer_colours, palette, quads, rings)
 
 
 def pattern_frame(data: RunData) -> Frame:
@@ -163,33 +163,48 @@ def attention_links_frame(data: RunData) -> Frame:
                  y_range=(-0.08, 1.08), y_axis=False)
 
 
+def _links(matrix: np.ndarray, state: ExplorerState) -> tuple[np.ndarray, np.ndarray, int]:
+    """The (source, target) token pairs D3 draws from `matrix` `[T, T]` and how many it chose
+    from. `state.links == "source"`: the source token's links at or above the threshold and
+    its `SOURCE_TARGETS` strongest targets; "all": every link at or above the threshold, the
+    `MAX_LINKS` strongest of them."""
+    if state.links == "source":
+        row = matrix[state.source_token]
+        k = np.union1d(np.nonzero(row >= state.threshold)[0], np.argsort(-row, kind="stable")[:SOURCE_TARGETS])
+        return np.full(len(k), state.source_token), k, len(k)
+    q, k = np.nonzero(matrix >= state.threshold)
+    total = len(q)
+    if total > MAX_LINKS:
+        keep = np.argpartition(-matrix[q, k], MAX_LINKS)[:MAX_LINKS]
+        q, k = q[keep], k[keep]
+    return q, k, total
+
+
 def attention_links(data: RunData, state: ExplorerState) -> Marks:
     """D3: links from source tokens (queries, layer l+1, top) to target tokens (keys, layer l,
-    bottom) of the primary head whose weight is at or above the threshold (`marks.SEGMENTS`);
-    CLS links (either end CLS) blue, patch links orange, the selected source token's links
-    black. At most `MAX_LINKS` (the strongest) are drawn."""
+    bottom) of the primary head (`marks.SEGMENTS`), as `_links` chooses them (by default the
+    selected source token's: a few links that can be followed); CLS links (either end CLS)
+    blue, patch links orange, the selected source token's links black. The title says how
+    many are drawn and how to narrow or widen them."""
     matrix, source = _head_attention(data, state)
-    if matrix is None:
-        q = k = np.zeros(0, int)
-        w = np.zeros(0)
-    else:
-        q, k = np.nonzero(matrix >= state.threshold)
-        w = matrix[q, k]
-    total = len(w)
-    if total > MAX_LINKS:
-        keep = np.argpartition(-w, MAX_LINKS)[:MAX_LINKS]
-        q, k, w = q[keep], k[keep], w[keep]
+    q, k, total = (np.zeros(0, int), np.zeros(0, int), 0) if matrix is None else _links(matrix, state)
+    w = matrix[q, k] if matrix is not None else np.zeros(0)
     # One glyph layer, drawn patch links first, then CLS links, then the source token's links.
     kind = np.where(q == state.source_token, 2, np.where((q < data.num_prefix) | (k < data.num_prefix), 1, 0))
     order = np.argsort(kind, kind="stable")
     q, k, w, kind = q[order], k[order], w[order], kind[order]
-    shown = f"{len(w)} of {total}" if total > len(w) else f"{total}"
+    head = data.head_label(state.head)
+    if state.links == "source":
+        title = (f"D3 · {len(w)} links of {data.token_name(state.source_token)} (≥ {state.threshold:.3g} "
+                 f"or among its {SOURCE_TARGETS} strongest) · {head} (top: source l+1, bottom: target l)")
+    else:
+        shown = f"{len(w)} of {total} (the strongest; raise the threshold)" if total > len(w) else f"{total}"
+        title = f"D3 · {shown} links ≥ {state.threshold:.3g} · {head} (top: source l+1, bottom: target l)"
     return Marks({"x0": q.astype(np.float64), "y0": np.ones(len(q)), "x1": k.astype(np.float64),
                   "y1": np.zeros(len(q)), "weight": w,
                   "colour": np.asarray([PATCH_COLOUR, CLS_COLOUR, "black"], dtype=object)[kind],
                   "alpha": np.asarray([0.35, 0.6, 0.9])[kind], "width": np.asarray([1.0, 1.0, 2.0])[kind]},
-                 f"D3 · {shown} links ≥ {state.threshold:.3g} · {data.head_label(state.head)} "
-                 f"(top: source l+1, bottom: target l)")
+                 title)
 
 
 def attention_matrix_frame(data: RunData) -> Frame:
