@@ -3,7 +3,7 @@
     python docs/make_screenshot.py RUN_DIR OUT.png     # e.g. runs/dinov2-photos docs/explorer-dinov2.png
 
 Serves the run with `panel serve explorer` on a free localhost port (`tests/browser.py`, as the
-browser test does), opens it in Debian's Chromium (Playwright) at 1800 x 2050 px, waits until the
+browser test does), opens it in Debian's Chromium (Playwright) at 1800 x 2400 px, waits until the
 views of the first head are drawn and saves the whole page. Needs the `[dev]` extra and
 `/usr/bin/chromium`.
 """
@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run", type=Path, help="a run directory (a sweep's --out)")
     parser.add_argument("out", type=Path, help="the PNG file to write")
     parser.add_argument("--width", type=int, default=1800, help="the browser window's width in px")
-    parser.add_argument("--height", type=int, default=2050,
+    parser.add_argument("--height", type=int, default=2400,
                         help="its height in px (the page scrolls inside its template: the screenshot is this tall)")
     args = parser.parse_args(argv)
 

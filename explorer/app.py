@@ -84,7 +84,7 @@ class ExplorerApp:
         self.state: ExplorerState | None = None
         names = run_names(self.runs_dir)
         options = sorted(set(names) | ({run} if run == DEMO_RUN else set()))
-        self.picker = pn.widgets.Select(label="run", options=options or [run], value=run)
+        self.picker = pn.widgets.Select(label="run", options=options or [run], value=run, sizing_mode="stretch_width")
         self.picker.param.watch(lambda e: self.open(e.new), "value")
         self.sidebar = pn.Column(sizing_mode="stretch_width")
         self.main = pn.Column(sizing_mode="stretch_width")

@@ -7,14 +7,14 @@ import panel as pn
 
 from explorer.data import METRICS, MODE_LABELS, NO_CLASSIFIER, RunData
 from explorer.state import LINKS, ExplorerState
+from explorer.views.patterns import PROTOTYPES_WIDTH
 from explorer.wiring import ExplorerViews
 from vit_jax_va.masks import PRUNE_MODES
 
 NOTES = {
     "A": "Every analysed image, placed by its features (t-SNE); colour is the class, opacity the "
-         "probability the model gives the true class (a model without a classifier: grey for "
-         "unlabelled images, all opaque). Hover for the thumbnail; click an image "
-         "(or type its id in the sidebar) to select it. B and D follow the selected image.",
+         "probability of the true class (grey and opaque without a classifier or labels). Hover for "
+         "the thumbnail; click an image (or type its id in the sidebar) to select it for B and D.",
     "B": "**B1**: the metric when one head is pruned (its attention zeroed), for every head: a "
          "dip marks a head the prediction needs (without a classifier: a peak marks a head the "
          "features need). Click a dot or a heat-map cell to select a head. "
@@ -39,36 +39,62 @@ NOTES = {
 }
 
 
+# Pixels around a figure (Panel's margins) and inside an area's card.
+VIEW_MARGIN, CARD_PADDING = 20, 20
+
+
 def _note(key: str) -> pn.pane.Markdown:
     return pn.pane.Markdown(f"*How to read this:* {NOTES[key]}", styles={"font-size": "12px", "color": "#555"},
                             sizing_mode="stretch_width", margin=(0, 10))
 
 
-def _area(letter: str, title: str, *rows, **size) -> pn.Card:
-    size = size or {"sizing_mode": "stretch_width"}
-    if "min_width" in size:
-        size["sizing_mode"] = "stretch_width"
-    return pn.Card(*rows, _note(letter), title=f"{letter} · {title}", collapsible=False,
-                   css_classes=[f"area-{letter.lower()}"], name=f"area-{letter}", **size)
+def _area(letter: str, title: str, width: int, *rows) -> pn.Card:
+    """An area's card, `width` pixels wide (its figures side by side), its note below them."""
+    return pn.Card(*rows, _note(letter), title=f"{letter} · {title}", collapsible=False, width=width,
+                   css_classes=[f"area-{letter.lower()}"], name=f"area-{letter}")
+
+
+def _flow(*items, **params) -> pn.FlexBox:
+    """Items side by side, wrapping onto the next line where the screen is narrower than they
+    are: the page never scrolls sideways from 1280 px up."""
+    return pn.FlexBox(*items, flex_wrap="wrap", align_items="flex-start", sizing_mode="stretch_width",
+                      **params)
 
 
 def main_area(v: ExplorerViews) -> pn.Column:
-    """The four areas, laid out like paper-system-overview.png: A beside B, then C, then D."""
+    """The page: the four areas' overviews first, laid out like paper-system-overview.png
+    (A beside B, C beside D; at 1920 x 1080 all four are on the first screen), then the detail
+    views of the selected head and image (B2, B3, the curve, C2, C3, the distance per layer,
+    D2-D5) side by side, one scroll below.
+
+    Why a detail row and not tabs or a modal: a click selects a head or an image for every
+    detail view at once, and the paper's point is to read them together (a head's pruning
+    modes beside its hop profile beside its attention); a row shows them all on one screen,
+    where tabs would show one area's at a time and a modal would hide the overviews one clicks in."""
     def view(name: str) -> pn.Column:
         """A view: its title above its figure."""
         figure = (pn.pane.Bokeh(v.figures[name]) if name in v.figures
                   else pn.pane.HoloViews(v.plots[name], linked_axes=False))
         return pn.Column(v.titles[name].pane, figure)
 
-    a = _area("A", "Image overview", view("A"), width=490)
-    b = _area("B", "Head importance",
-              pn.Row(view("B1"), view("B1 heat map")),
-              pn.Row(view("B2"), v.b3, view("curve")), min_width=980)
-    c = _area("C", "Attention strength", pn.Row(view("C1"), view("C2"), view("C3"), view("distance")))
-    d = _area("D", "Attention patterns",
-              pn.Row(pn.Column(view("D1"), view("D1 prototypes")),
-                     pn.Column(pn.Row(view("D2"), view("D4"), view("D5")), view("D3"))))
-    return pn.Column(pn.Row(a, b, sizing_mode="stretch_width"), c, d, sizing_mode="stretch_width")
+    def width(*names: str) -> int:
+        """The width of an area holding these views side by side, with their margins."""
+        return sum(v.figures[n].width if n in v.figures else PROTOTYPES_WIDTH for n in names) \
+            + VIEW_MARGIN * len(names) + CARD_PADDING
+
+    overviews = _flow(
+        _area("A", "Image overview", width("A"), view("A")),
+        _area("B", "Head importance", width("B1", "B1 heat map"), pn.Row(view("B1"), view("B1 heat map"))),
+        _area("C", "Attention strength", width("C1"), view("C1")),
+        _area("D", "Attention patterns", width("D1", "D1 prototypes"),
+              pn.Row(view("D1"), view("D1 prototypes"))),
+        name="overviews")
+    details = pn.Card(
+        _flow(view("B2"), v.b3, view("curve"), view("C2"), view("C3"), view("distance"),
+              view("D2"), view("D4"), view("D5"), view("D3")),
+        title="Details of the selected head and image (B2, B3, curve · C2, C3, distance · D2-D5)",
+        collapsible=False, css_classes=["area-details"], name="details")
+    return pn.Column(overviews, details, sizing_mode="stretch_width")
 
 
 def controls(data: RunData, state: ExplorerState) -> pn.Column:
@@ -117,6 +143,9 @@ def controls(data: RunData, state: ExplorerState) -> pn.Column:
     token = pn.widgets.IntInput.from_param(s.param.source_token, label=f"source token (0 = {data.token_name(0)})")
     links = pn.widgets.RadioButtonGroup.from_param(s.param.links, label="links (D3)",
                                                    options={label: key for key, label in LINKS.items()})
+    for widget in (image_id, image_index, head_select, metric, scope, scope_class, mode, threshold, space,
+                   token, links):
+        widget.sizing_mode = "stretch_width"  # not Panel's default 300 px, wider than the sidebar
     return pn.Column(
         "### Image", image_id, found, image_index, thumb,
         "### Head", head_select, selected,

@@ -65,6 +65,39 @@ POSITION_JS = """([prefix, x, y]) => {
   }
   return null;
 }"""
+# Elements that scroll sideways (their content wider than they are), and every figure's box.
+SIDEWAYS_JS = """() => {
+  const out = [];
+  for (const e of document.querySelectorAll('*')) {
+    if (e.clientWidth > 0 && e.scrollWidth > e.clientWidth + 1 && getComputedStyle(e).overflowX != 'visible')
+      out.push(`${e.tagName}#${e.id}.${e.className} ${e.scrollWidth} > ${e.clientWidth}`);
+  }
+  return out;
+}"""
+BOXES_JS = """() => Array.from(Bokeh.index.all_views()).filter(v => v.frame && v.model.title).map(v => {
+  const b = v.el.getBoundingClientRect();
+  return {title: v.model.title.text || "", box: [b.left, b.top, b.right, b.bottom]};
+})"""
+# A column of the data a figure draws (the first of its renderers that has it).
+COLUMN_JS = """([prefix, column]) => {
+  for (const v of Bokeh.index.all_views()) {
+    if (!(v.frame && v.model.title && v.model.title.text.startsWith(prefix))) continue;
+    for (const r of v.model.renderers) {
+      const d = r.data_source && r.data_source.data;
+      if (d && column in d) return Array.from(d[column]);
+    }
+  }
+  return null;
+}"""
+# Scroll a figure (by its title's first words) into the middle of the screen.
+SCROLL_JS = """prefix => {
+  for (const v of Bokeh.index.all_views())
+    if (v.frame && v.model.title && v.model.title.text.startsWith(prefix)) { v.el.scrollIntoView({block: "center"}); return true; }
+  return false;
+}"""
+# The four overviews of the paper's system figure, by their titles' first words.
+OVERVIEWS = ("A ·", "B1 · probability", "B1 · layers x heads", "C1 ·", "D1 · patch patterns",
+             "D1 · cluster prototypes")
 
 
 def _served(tmp_path_factory, runs_dir, run: str):
@@ -246,6 +279,75 @@ def test_a_backbone_run_in_the_browser(backbone_server):
             time.sleep(1.0)
             ARTIFACTS.mkdir(exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "explorer-backbone.png"), full_page=True)
+        finally:
+            browser.close()
+    assert errors == [], errors
+
+
+def _isolated_c1_head(page, data, image: int) -> int:
+    """The head whose dot in C1 lies farthest (on the screen) from every other head's dot, so
+    that a click on it selects it alone."""
+    entropy = data.entropy_per_head("image", image, -1).reshape(-1)
+    layer = np.arange(len(entropy)) // data.num_heads
+    xy = np.asarray([page.evaluate(POSITION_JS, ["C1 ·", float(layer[h]), float(entropy[h])])
+                     for h in range(len(entropy))])
+    gaps = np.sort(np.linalg.norm(xy[:, None] - xy[None], axis=-1), axis=1)[:, 1]
+    head = int(np.argmax(gaps))
+    assert gaps[head] > 10, f"no C1 dot stands apart (largest gap {gaps[head]:.1f} px)"
+    return head
+
+
+@pytest.mark.parametrize("width,height", [(1366, 768), (1920, 1080)])
+def test_the_page_fits_the_screen(server, width, height):
+    """At a laptop's 1366 x 768 and at 1920 x 1080 nothing scrolls sideways and no title is
+    clipped; at 1920 x 1080 the four overviews (A, B1 with its heat map, C1, D1 with its
+    prototypes) are all on the first screen; a click on a head in C1 makes C2 draw that head's
+    stored n-hop profile."""
+    from explorer.data import RunData
+    from explorer.state import ExplorerState
+
+    url, run_path = server
+    data = RunData(run_path)
+    first = ExplorerState(data)
+    errors = []
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = open_page(browser, url, errors, {"width": width, "height": height})
+            _wait_title(page, "D4 ·", data.head_label(first.head))
+            _wait_title(page, "C2 ·", data.head_label(first.head))
+            assert page.evaluate(SIDEWAYS_JS) == []
+            assert page.evaluate("() => document.documentElement.scrollWidth") <= width
+            boxes = page.evaluate(BOXES_JS)
+            for prefix in OVERVIEWS:
+                found = [b["box"] for b in boxes if b["title"].startswith(prefix)]
+                assert len(found) == 1, (prefix, [b["title"] for b in boxes])
+                left, top, right, bottom = found[0]
+                assert right <= width, (prefix, found[0])
+                if width >= 1920:
+                    assert bottom <= height, f"{prefix} ends at y={bottom:.0f}, below the first screen"
+            assert _clipped_titles(page) == []
+
+            assert page.evaluate(SCROLL_JS, "C1 ·")
+            time.sleep(0.5)
+            head = _isolated_c1_head(page, data, first.image)
+            entropy = data.entropy_per_head("image", first.image, -1).reshape(-1)
+            x, y = page.evaluate(POSITION_JS, ["C1 ·", float(head // data.num_heads), float(entropy[head])])
+            page.mouse.click(x, y)
+            _wait_title(page, "C2 ·", data.head_label(head))
+            stored = data.strength["profile"][first.image].reshape(data.num_heads_total, -1)[head]
+            deadline = time.monotonic() + 30
+            while True:
+                drawn = page.evaluate(COLUMN_JS, ["C2 ·", "strength"])
+                if drawn is not None and np.allclose(drawn, stored, atol=1e-6) or time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
+            np.testing.assert_allclose(drawn, stored, atol=1e-6)
+            assert page.evaluate(SIDEWAYS_JS) == []
+            page.mouse.move(1, 1)
+            time.sleep(1.0)
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / f"explorer-{width}x{height}.png"))
         finally:
             browser.close()
     assert errors == [], errors

@@ -18,6 +18,7 @@ CLS_COLOUR = "#2b5fa8"    # CLS attention and CLS links (paper: blue)
 PATCH_COLOUR = "#d9711c"  # patch attention and patch links (paper: orange)
 MAX_LINKS = 4000          # links drawn in D3 (the strongest); Bokeh stays fluid below ~10k
 SOURCE_TARGETS = 5        # D3 draws the source token's strongest targets even below the threshold
+MAP_SIZE = (430, 320)     # A's and D1's maps in pixels: the four overviews fit one 1920 x 1080 screen
 MAX_EXTRA_HEADS = 8       # heads besides the primary drawn in C2, C3 and B2
 
 

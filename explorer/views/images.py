@@ -8,7 +8,7 @@ from explorer.data import RunData
 from explorer.figures import Frame
 from explorer.marks import Marks
 from explorer.state import ExplorerState
-from explorer.views.glyphs import class_colours, rings
+from explorer.views.glyphs import MAP_SIZE, class_colours, rings
 
 
 # The images of A: dots coloured by class, their opacity the probability of the true class.
@@ -24,7 +24,7 @@ HOVER = """
 
 def image_overview_frame(data: RunData) -> Frame:
     """A's figure: a map without axes; click an image to select it, scroll to zoom."""
-    return Frame(width=470, height=420, axes=False, tools=("tap", "wheel_zoom", "pan", "reset"),
+    return Frame(width=MAP_SIZE[0], height=MAP_SIZE[1], axes=False, tools=("tap", "wheel_zoom", "pan", "reset"),
                  active=("wheel_zoom",), toolbar="above")
 
 

@@ -11,14 +11,14 @@ from explorer.data import RunData
 from explorer.marks import Marks
 from explorer.state import ExplorerState
 from explorer.figures import Frame
-from explorer.views.glyphs import (CLS_COLOUR, HIGHLIGHT, MAX_LINKS, PATCH_COLOUR, SOURCE_TARGETS,
+from explorer.views.glyphs import (CLS_COLOUR, HIGHLIGHT, MAP_SIZE, MAX_LINKS, PATCH_COLOUR, SOURCE_TARGETS,
                                    bokeh_element, extra_heads, image_glyph, layer_colours, palette, quads, rings)
 
 
 def pattern_frame(data: RunData) -> Frame:
     """D1's figure: a map without axes; click or box-select heads, scroll to zoom (the density
     is aggregated again for the part shown)."""
-    return Frame(width=450, height=420, axes=False,
+    return Frame(width=MAP_SIZE[0], height=MAP_SIZE[1], axes=False,
                  tools=("tap", "box_select", "wheel_zoom", "pan", "reset"), active=("tap", "box_select"),
                  toolbar="above")
 
@@ -28,10 +28,12 @@ HEAD_DOTS = ("scatter", dict(x="x", y="y", marker="circle", size=10, fill_color=
 # The density's pixel size on the screen: D1 aggregates its items into bins of about this many
 # pixels, whatever part of the map is shown.
 DENSITY_PIXELS = 5
+# The width of D1's prototypes, beside D1.
+PROTOTYPES_WIDTH = 450
 
 
 def pattern_density(data: RunData, state: ExplorerState, shown: tuple[float, float, float, float] | None = None,
-                    size: tuple[int, int] = (450, 420)) -> Marks:
+                    size: tuple[int, int] = MAP_SIZE) -> Marks:
     """D1 background: the density of every (image, head) item on the pattern map, aggregated
     (`RunData.density`, datashader) into bins of `DENSITY_PIXELS` screen pixels over the part
     of the map `shown` (left, right, bottom, top; None: all of it) of a figure of `size`
@@ -83,8 +85,8 @@ def prototype_strip(data: RunData, state: ExplorerState) -> hv.Overlay:
     labels = hv.Labels([((i + 0.5) * (w + gap), h * 1.12, f"{i} ({sizes[i]})") for i in range(k)],
                        ["x", "y"], "text").opts(text_font_size="8pt")
     return (image * labels).opts(hv.opts.Overlay(
-        title="D1 · cluster prototypes (click: select their heads)", width=450,
-        height=max(90, int(450 / (k * (w + gap)) * h * 1.3) + 40), xaxis=None, yaxis=None,
+        title="D1 · cluster prototypes (click: select their heads)", width=PROTOTYPES_WIDTH,
+        height=max(90, int(PROTOTYPES_WIDTH / (k * (w + gap)) * h * 1.3) + 40), xaxis=None, yaxis=None,
         ylim=(0, h * 1.3), toolbar=None))
 
 
