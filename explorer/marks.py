@@ -12,6 +12,7 @@ re-render; a layer whose `params` are empty is drawn once.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -95,7 +96,6 @@ class MarksLayer:
     nan_colour: str = "rgba(0, 0, 0, 0)"
     legend: str | None = None
     _drawn: list[_Drawn] = field(default_factory=list, init=False, repr=False)
-    _scheduled: set = field(default_factory=set, init=False, repr=False)
 
     def __post_init__(self):
         if self.colours not in (None, "linear", "eq_hist"):
@@ -163,17 +163,16 @@ class MarksLayer:
             document = drawn.figure.document
             if document is not None and document.session_context is not None:
                 # A served figure may change only under its document's lock: on the server's
-                # next tick, drawing the selection as it is then.
-                if document not in self._scheduled:
-                    self._scheduled.add(document)
-                    document.add_next_tick_callback(lambda d=document: self._draw_served(d))
+                # next tick, drawing the selection as it is then, with every other layer due.
+                _due(document, self)
                 continue
             if marks is None:
                 marks = self.fn(self.data, self.state)
             self._draw(marks, [drawn.figure])
 
-    def _draw_served(self, document) -> None:
-        self._scheduled.discard(document)
+    def draw_served(self, document) -> None:
+        """Draw the marks of the state as it is now on this layer's figures in `document`
+        (a served document, under its lock)."""
         figures = [f for f in self.figures if f.document is document]
         if figures:
             self._draw(self.fn(self.data, self.state), figures)
@@ -205,12 +204,43 @@ class MarksLayer:
             if drawn.mapper is not None:
                 if marks.palette is not None and list(marks.palette) != list(drawn.mapper.palette):
                     drawn.mapper.palette = list(marks.palette)
-                if marks.colour_range is not None:
+                if marks.colour_range is not None and not isinstance(drawn.mapper, EqHistColorMapper):
+                    # (An equalising mapper takes its range from the data: setting its low and
+                    # high would make the browser equalise the image twice more.)
                     drawn.mapper.low, drawn.mapper.high = (float(v) for v in marks.colour_range)
                 if marks.colour_title is not None:
                     for bar in figure.right:
                         if isinstance(bar, ColorBar) and bar.color_mapper is drawn.mapper:
                             bar.title = marks.colour_title
+
+
+# The layers due to be drawn on each served document at its next tick, in the order they fell
+# due (a layer once).
+_DUE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _due(document, layer: MarksLayer) -> None:
+    """Schedule `layer` to be drawn on `document` at the server's next tick. Every layer due by
+    then is drawn in that one callback, with the document held, so that a click sends the
+    browser one patch (one message, one render) and not one per layer."""
+    layers = _DUE.get(document)
+    if layers is None:
+        layers = _DUE[document] = []
+        document.add_next_tick_callback(lambda: _draw_due(document))
+    if not any(layer is other for other in layers):
+        layers.append(layer)
+
+
+def _draw_due(document) -> None:
+    import panel as pn
+    from panel.io.state import set_curdoc
+
+    layers = _DUE.pop(document, [])
+    # Panel's hold writes every change made inside it as one PATCH-DOC message (Bokeh's own
+    # hold would still send a message per change).
+    with set_curdoc(document), pn.io.hold(document):
+        for layer in layers:
+            layer.draw_served(document)
 
 
 def _columns(marks: Marks) -> dict[str, np.ndarray | list]:

@@ -55,9 +55,12 @@ def serve(runs: Path, run: str, log_path: Path):
         log.close()
 
 
-def open_page(browser, url: str, errors: list[str], viewport: dict):
-    """A new page on `url` once the four areas are shown; console errors go to `errors`."""
+def open_page(browser, url: str, errors: list[str], viewport: dict, init_script: str | None = None):
+    """A new page on `url` once the four areas are shown; console errors go to `errors`;
+    `init_script` runs in the page before any of its own scripts."""
     page = browser.new_page(viewport=viewport)
+    if init_script:
+        page.add_init_script(init_script)
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.goto(url, timeout=180_000)  # the first page builds every view
