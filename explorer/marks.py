@@ -221,8 +221,8 @@ _DUE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 def _due(document, layer: MarksLayer) -> None:
     """Schedule `layer` to be drawn on `document` at the server's next tick. Every layer due by
-    then is drawn in that one callback, with the document held, so that a click sends the
-    browser one patch (one message, one render) and not one per layer."""
+    then is drawn in that one callback (one lock, one tick, a layer once however many of its
+    parameters changed)."""
     layers = _DUE.get(document)
     if layers is None:
         layers = _DUE[document] = []
@@ -232,14 +232,12 @@ def _due(document, layer: MarksLayer) -> None:
 
 
 def _draw_due(document) -> None:
-    import panel as pn
     from panel.io.state import set_curdoc
 
-    layers = _DUE.pop(document, [])
-    # Panel's hold writes every change made inside it as one PATCH-DOC message (Bokeh's own
-    # hold would still send a message per change).
-    with set_curdoc(document), pn.io.hold(document):
-        for layer in layers:
+    # (Not inside Panel's `hold`, which would send the changes as one message: on a served page
+    # a click made inside it stopped reaching the server; tests/test_explorer_browser.py.)
+    with set_curdoc(document):
+        for layer in _DUE.pop(document, []):
             layer.draw_served(document)
 
 
