@@ -11,6 +11,8 @@ data package:
                                 `indices` into the test split, `class_names` [10]: the first 100
                                 test images of every class, in test-split order
     LICENSE-fashion-mnist.txt   the data set's MIT licence (c) 2017 Zalando SE, and attribution
+    first-run.tar.xz            the first run: the sweep of the first 64 images, done in advance,
+                                which the explorer opens on a fresh install (`first_run`)
 
 Test accuracy 88.14% on the 10,000 test images (90.2% on the shipped 1,000). Made in seven
 stages (see `vit_jax_va.demo.training.train_demo`; `training.json` records each stage,
