@@ -10,9 +10,12 @@ Where the runs are: `--runs DIR` / `--run NAME` after `panel serve explorer --ar
 environment variables `VIT_VA_RUNS` and `VIT_VA_RUN` (and `--demo-images 200` to make a missing
 demo run smaller); by default `runs/` in the working directory and its `demo` run. The run picker lists the runs directly under the runs directory
 and nothing else, so a browser cannot make the server open an arbitrary path. When the demo run
-does not exist yet it is computed first (the same sweep as `vit-va sweep`), with its progress
-shown in the page; a demo run of an earlier demo model (or results-store schema) is moved aside
-to `demo-<its weights hash>` first (`vit_jax_va.demo.retire_stale_demo_run`).
+does not exist yet (a fresh install), the page opens at once on the shipped first run (the demo
+model on its first 64 images, swept in advance: `vit_jax_va.demo.first_run`, unpacked to
+`demo-first-64`) and computes the full demo run in the background (the same sweep as `vit-va
+sweep`), its progress in a banner above the views, which offers to open it when it is done; a
+later start opens the full run. A demo run of an earlier demo model (or results-store schema) is
+moved aside to `demo-<its weights hash>` first (`vit_jax_va.demo.retire_stale_demo_run`).
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from vit_jax_va.sweep import SweepOptions
 
 RUNS_ENV, RUN_ENV = "VIT_VA_RUNS", "VIT_VA_RUN"
 DEMO_RUN = "demo"
-_RETIRE_LOCK = threading.Lock()
+_DEMO_LOCK = threading.Lock()  # one session retires or unpacks a demo run at a time
 
 
 def settings(argv: list[str] | None = None) -> tuple[Path, str, int | None]:
@@ -85,17 +88,32 @@ class ExplorerApp:
         names = run_names(self.runs_dir)
         options = sorted(set(names) | ({run} if run == DEMO_RUN else set()))
         self.picker = pn.widgets.Select(label="run", options=options or [run], value=run, sizing_mode="stretch_width")
-        self.picker.param.watch(lambda e: self.open(e.new), "value")
+        self.picker.param.watch(self._picked, "value")
+        self._quiet = False  # set while the app itself moves the picker
         self.sidebar = pn.Column(sizing_mode="stretch_width")
+        self.banner = pn.Column(sizing_mode="stretch_width")  # the full demo sweep's progress
         self.main = pn.Column(sizing_mode="stretch_width")
         self._poll = None
         # BootstrapTemplate: unlike the Fast templates it fetches no web font, so the page
         # works offline.
         self.template = pn.template.BootstrapTemplate(
             title="vit-jax-va explorer: how does attention work in this ViT?",
-            sidebar=[self.picker, self.sidebar], main=[self.main], sidebar_width=290,
+            sidebar=[self.picker, self.sidebar], main=[self.banner, self.main], sidebar_width=290,
             header_background="#2b5fa8")
         self.open(run)
+
+    def _picked(self, event) -> None:
+        if not self._quiet:
+            self.open(event.new)
+
+    def _pick(self, name: str) -> None:
+        """Show `name` in the picker without opening it again."""
+        self._quiet = True
+        try:
+            self.picker.options = sorted(set(run_names(self.runs_dir)) | {DEMO_RUN, name})
+            self.picker.value = name
+        finally:
+            self._quiet = False
 
     def open(self, name: str) -> None:
         """Show run `name` (one of the runs directory's runs; nothing else is opened)."""
@@ -104,7 +122,7 @@ class ExplorerApp:
             return
         path = self.runs_dir / name
         if name == DEMO_RUN:
-            with _RETIRE_LOCK:  # one session moves a stale demo run aside, the others see it gone
+            with _DEMO_LOCK:  # one session moves a stale demo run aside, the others see it gone
                 from vit_jax_va.demo import retire_stale_demo_run
 
                 if retire_stale_demo_run(path) is not None:
@@ -113,8 +131,8 @@ class ExplorerApp:
             data = load_run(path)
         except (store.RunError, FileNotFoundError) as err:
             missing = not (path / store.MANIFEST).is_file() or "incomplete" in str(err)
-            if name == DEMO_RUN and missing:  # compute it (or finish it) first
-                self._show_sweep(path)
+            if name == DEMO_RUN and missing:  # compute it (or finish it) in the background
+                self._first_start(path)
             else:
                 self._message(f"Cannot open run `{name}`: {err}")
             return
@@ -124,6 +142,8 @@ class ExplorerApp:
         self.show(data)
 
     def show(self, data: RunData) -> None:
+        if data.name == DEMO_RUN:  # the full demo run: nothing left to wait for
+            self.banner[:] = []
         self.state = ExplorerState(data)
         self.views = ExplorerViews(data, self.state)
         self.sidebar[:] = [controls(data, self.state)]
@@ -138,34 +158,59 @@ class ExplorerApp:
         self.sidebar[:] = []
         self.main[:] = [pn.pane.Alert(text, alert_type="warning")]
 
-    def _show_sweep(self, path: Path) -> None:
+    def _first_start(self, path: Path) -> None:
+        """No (complete) demo run: open the shipped first run now, sweep the full demo run in
+        the background, and say in the banner how far it is (and offer it when done)."""
+        from vit_jax_va.demo import first_run
+
+        self._stop_poll()
         job = self.job = demo_sweep(path, self.demo_images, self.demo_options)
-        bar = pn.indicators.Progress(value=0, max=100, width=500)
+        bar = pn.indicators.Progress(value=0, max=100, width=300, margin=(5, 10))
         status = pn.pane.Markdown("", margin=(0, 10))
-        log = pn.pane.Str("", styles={"font-size": "11px"})
-        self.sidebar[:] = []
-        self.main[:] = [pn.pane.Markdown(
-            f"## Computing the demo run\nThere is no run of the shipped demo model yet, so the "
-            f"explorer is running the sweep (`vit-va sweep`) into `{path}` first. This page "
-            f"switches to the explorer when it is done."), bar, status, log]
+        button = pn.widgets.Button(label="Open the full demo run", color="primary",
+                                   visible=False, margin=(5, 10))
+        button.on_click(lambda _: self._open_full())
+        count = f"{self.demo_images} images" if self.demo_images else "all shipped images"
+        intro = (f"**The full demo run ({count}) is being computed** into `{path}` (the same "
+                 f"sweep as `vit-va sweep`); meanwhile this page shows `{first_run.NAME}`, the demo "
+                 f"model on its first {first_run.IMAGES} images, swept in advance and shipped with "
+                 f"the package. A later start opens the full run.")
+        self.banner[:] = [pn.pane.Alert(intro, alert_type="info", margin=(5, 10)),
+                          pn.Row(bar, status, button)]
+        try:
+            with _DEMO_LOCK:
+                first = first_run.unpack(self.runs_dir)
+            data = load_run(first)
+        except Exception as err:  # noqa: BLE001  (the full sweep still runs; say why in the page)
+            self._message(f"Cannot open the shipped first run: {type(err).__name__}: {err}. "
+                          "The full demo run is being computed; this page offers it when done.")
+        else:
+            self._pick(first.name)
+            self.show(data)
 
         def update():
             bar.value = int(100 * job.done / job.total)
             status.object = f"**{job.stage}**: {job.done} / {job.total}"
-            log.object = "\n".join(job.lines[-12:])
             if job.finished:
                 self._stop_poll()
                 if job.error:
-                    self._message(f"The demo sweep failed: {job.error}")
+                    status.object = f"**The demo sweep failed**: {job.error}"
                 else:
-                    self.picker.options = sorted(set(run_names(self.runs_dir)) | {DEMO_RUN})
-                    self.open(DEMO_RUN)
+                    bar.value = 100
+                    status.object = "**The full demo run is ready.**"
+                    button.visible = True
+                    self._pick(self.picker.value)  # list it
         if pn.state.curdoc is not None:
             self._poll = pn.state.add_periodic_callback(update, period=500)
         else:  # not served (tests): wait here
             while not job.finished:
                 time.sleep(0.2)
             update()
+
+    def _open_full(self) -> None:
+        self.banner[:] = []
+        self._pick(DEMO_RUN)
+        self.open(DEMO_RUN)
 
     def _stop_poll(self) -> None:
         if self._poll is not None:

@@ -17,7 +17,9 @@ def add_command(commands) -> None:
         description="Serve the explorer (A image overview, B head importance, C attention "
                     "strength, D attention patterns) on localhost. RUN_DIR is a run made by "
                     "`vit-va sweep`; the run picker lists the runs beside it. When RUN_DIR is "
-                    "the demo run and does not exist yet, the page computes it first.")
+                    "the demo run and does not exist yet, the page opens at once on the shipped "
+                    "first run (the demo model on its first 64 images, swept in advance) and "
+                    "computes the full demo run in the background, offering it when done.")
     explore.add_argument("run_dir", nargs="?", default="runs/demo", metavar="RUN_DIR",
                          help="run directory (default: runs/demo)")
     explore.add_argument("--port", type=int, default=5006, help="port (default 5006)")

@@ -6,6 +6,7 @@ import json
 
 import holoviews as hv
 import numpy as np
+import panel as pn
 import pytest
 from bokeh.events import RangesUpdate, Tap
 from bokeh.models import BoxSelectTool, TapTool
@@ -251,17 +252,26 @@ def test_modes_missing_from_the_store_are_computed_live(runs, arrays):
                                            data.depth - 1, data.num_heads - 1, 1, 0]), abs=1e-4)
 
 
-def test_missing_demo_run_is_computed_first_with_progress(tmp_path):
-    """A runs directory without the demo run: the app runs the sweep (the same one as
-    `vit-va sweep`, shrunk here), reports its stages, then shows the explorer on it."""
+def test_missing_demo_run_opens_the_first_run_and_computes_the_full_one(tmp_path):
+    """A runs directory without the demo run (a fresh install): the app opens the shipped first
+    run at once, runs the full demo sweep (the same one as `vit-va sweep`, shrunk here) in the
+    background with its stages reported, then offers the full run, which a later app opens."""
     from tests.explorer_runs import small_options
+    from vit_jax_va.demo import first_run
 
     app = ExplorerApp(tmp_path, "demo", demo_images=8, demo_options=small_options())
     assert app.job is not None and app.job.error is None, app.job and app.job.lines
     assert {"analyse", "patterns"} <= set(app.job.stages_seen)
-    assert app.state is not None and app.state.data.num_images == 8
-    assert (tmp_path / "demo" / "manifest.json").is_file()
-    assert app.picker.options == ["demo"]
+    # Shown meanwhile: the first run, the picker in step with the page.
+    assert app.state.data.name == first_run.NAME == app.picker.value
+    assert app.state.data.num_images == first_run.IMAGES
+    assert app.picker.options == ["demo", first_run.NAME]
+    button = next(o for o in app.banner.select(pn.widgets.Button))
+    assert button.visible
+    button.clicks += 1  # "Open the full demo run"
+    assert app.state.data.name == "demo" == app.picker.value and app.state.data.num_images == 8
+    assert len(app.banner) == 0
+    assert ExplorerApp(tmp_path, "demo").state.data.num_images == 8  # a later start
 
     # The run now looks like one of an earlier demo model: a new app moves it aside, keeps it
     # openable under its hash, and computes a run of the shipped model in its place.
@@ -271,7 +281,8 @@ def test_missing_demo_run_is_computed_first_with_progress(tmp_path):
     manifest_path.write_text(json.dumps(manifest))
     again = ExplorerApp(tmp_path, "demo", demo_images=8, demo_options=small_options())
     assert again.job is not app.job and again.job.error is None, again.job.lines
-    assert again.picker.options == ["demo", "demo-0123abcd"]
+    assert again.picker.options == ["demo", "demo-0123abcd", first_run.NAME]
+    next(o for o in again.banner.select(pn.widgets.Button)).clicks += 1
     retired = json.loads((tmp_path / "demo-0123abcd" / "manifest.json").read_text())
     assert retired == manifest
     assert again.state.data.run.manifest["model"]["weights_sha256"] == demo_training_record()[
