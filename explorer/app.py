@@ -32,7 +32,7 @@ import panel as pn
 
 from explorer import views
 from explorer.data import RunData
-from explorer.layout import controls, main_area, pattern_errors
+from explorer.layout import controls, main_area, pattern_errors, run_summary
 from explorer.state import ExplorerState
 from explorer.sweeping import SweepJob, demo_sweep
 from explorer.wiring import ExplorerViews
@@ -147,12 +147,8 @@ class ExplorerApp:
         self.state = ExplorerState(data)
         self.views = ExplorerViews(data, self.state)
         self.sidebar[:] = [controls(data, self.state)]
-        self.main[:] = [pn.pane.Markdown(
-            f"**Run** `{data.name}`: {data.num_images} images, {data.depth} layers x "
-            f"{data.num_heads} heads, {data.grid[0]}x{data.grid[1]} patches + "
-            f"{data.num_prefix} prefix token(s); model `{data.run.manifest['model'].get('source', '?')}`."
-            + pattern_errors(data),
-            margin=(0, 10)), main_area(self.views)]
+        self.main[:] = [pn.pane.Markdown(run_summary(data) + pattern_errors(data), margin=(0, 10)),
+                        main_area(self.views)]
 
     def _message(self, text: str) -> None:
         self.sidebar[:] = []

@@ -263,6 +263,14 @@ class RunData:
         return HeadValues(metric, scope, np.asarray(values, np.float64),
                           self._baseline_value(metric, images), self.scope_label(scope, image, class_index))
 
+    def ranked_heads(self) -> list[int]:
+        """Every head (flat index), the most important first: the largest mean drop of the
+        default metric over the run when the head is pruned (without a classifier: the largest
+        mean change of the pooled features); ties in head order."""
+        after = self.head_values(self.default_metric, "run", 0).values.reshape(-1)
+        order = np.argsort(after if self.has_classifier else -after, kind="stable")
+        return [int(h) for h in order]
+
     def scope_label(self, scope: str, image: int, class_index: int | None = None) -> str:
         if scope == "image":
             return self.image_label(image)

@@ -71,30 +71,40 @@ def main_area(v: ExplorerViews) -> pn.Column:
     detail view at once, and the paper's point is to read them together (a head's pruning
     modes beside its hop profile beside its attention); a row shows them all on one screen,
     where tabs would show one area's at a time and a modal would hide the overviews one clicks in."""
-    def view(name: str) -> pn.Column:
-        """A view: its title above its figure."""
-        figure = (pn.pane.Bokeh(v.figures[name]) if name in v.figures
-                  else pn.pane.HoloViews(v.plots[name], linked_axes=False))
-        return pn.Column(v.titles[name].pane, figure)
+    details = pn.Card(detail_views(v),
+                      title="Details of the selected head and image (B2, B3, curve · C2, C3, distance · D2-D5)",
+                      collapsible=False, css_classes=["area-details"], name="details")
+    return pn.Column(overviews(v), details, sizing_mode="stretch_width")
 
+
+def view(v: ExplorerViews, name: str) -> pn.Column:
+    """A view: its title above its figure."""
+    figure = (pn.pane.Bokeh(v.figures[name]) if name in v.figures
+              else pn.pane.HoloViews(v.plots[name], linked_axes=False))
+    return pn.Column(v.titles[name].pane, figure)
+
+
+def overviews(v: ExplorerViews) -> pn.FlexBox:
+    """The four areas' overviews (A; B1 and its heat map; C1; D1 and its prototypes), each in
+    its card with its note, wrapping onto more rows on a narrower screen."""
     def width(*names: str) -> int:
         """The width of an area holding these views side by side, with their margins."""
         return sum(v.figures[n].width if n in v.figures else PROTOTYPES_WIDTH for n in names) \
             + VIEW_MARGIN * len(names) + CARD_PADDING
 
-    overviews = _flow(
-        _area("A", "Image overview", width("A"), view("A")),
-        _area("B", "Head importance", width("B1", "B1 heat map"), pn.Row(view("B1"), view("B1 heat map"))),
-        _area("C", "Attention strength", width("C1"), view("C1")),
+    return _flow(
+        _area("A", "Image overview", width("A"), view(v, "A")),
+        _area("B", "Head importance", width("B1", "B1 heat map"), pn.Row(view(v, "B1"), view(v, "B1 heat map"))),
+        _area("C", "Attention strength", width("C1"), view(v, "C1")),
         _area("D", "Attention patterns", width("D1", "D1 prototypes"),
-              pn.Row(view("D1"), view("D1 prototypes"))),
+              pn.Row(view(v, "D1"), view(v, "D1 prototypes"))),
         name="overviews")
-    details = pn.Card(
-        _flow(view("B2"), v.b3, view("curve"), view("C2"), view("C3"), view("distance"),
-              view("D2"), view("D4"), view("D5"), view("D3")),
-        title="Details of the selected head and image (B2, B3, curve · C2, C3, distance · D2-D5)",
-        collapsible=False, css_classes=["area-details"], name="details")
-    return pn.Column(overviews, details, sizing_mode="stretch_width")
+
+
+def detail_views(v: ExplorerViews, names=("B2", "B3", "curve", "C2", "C3", "distance", "D2", "D4", "D5",
+                                           "D3")) -> pn.FlexBox:
+    """The detail views of the selected head and image, side by side (B3 is the top-5 table)."""
+    return _flow(*(v.b3 if name == "B3" else view(v, name) for name in names))
 
 
 def controls(data: RunData, state: ExplorerState) -> pn.Column:
@@ -151,6 +161,13 @@ def controls(data: RunData, state: ExplorerState) -> pn.Column:
         "### Head", head_select, selected,
         "### Importance", metric, metric_help, "scope", scope, scope_class, mode,
         "### Patterns", space, token, threshold, "links (D3)", links, sizing_mode="stretch_width")
+
+
+def run_summary(data: RunData) -> str:
+    """One line on the run: its images, the model's shape and where the model came from."""
+    return (f"**Run** `{data.name}`: {data.num_images} images, {data.depth} layers x "
+            f"{data.num_heads} heads, {data.grid[0]}x{data.grid[1]} patches + "
+            f"{data.num_prefix} prefix token(s); model `{data.run.manifest['model'].get('source', '?')}`.")
 
 
 def pattern_errors(data: RunData) -> str:

@@ -8,7 +8,6 @@ show and which is highlighted most strongly.
 
 from __future__ import annotations
 
-import numpy as np
 import param
 
 from explorer.data import METRICS, SCOPES, SPACES, RunData
@@ -57,10 +56,8 @@ class ExplorerState(param.Parameterized):
             # Twice the uniform weight: a link means "more than an even share of attention".
             self.threshold = min(1.0, 2.0 / data.num_tokens)
         if "head" not in params and "heads" not in params:
-            # Open on the most important head of the run: the largest mean probability drop
-            # (without a classifier: the largest mean change of the pooled features).
-            after = data.head_values(data.default_metric, "run", 0).values.reshape(-1)
-            self.select_heads([int(np.argmin(after) if data.has_classifier else np.argmax(after))])
+            # Open on the most important head of the run.
+            self.select_heads(data.ranked_heads()[:1])
 
     @param.depends("head", watch=True)
     def _primary_is_selected(self):
