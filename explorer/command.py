@@ -1,6 +1,6 @@
-"""`vit-va explore`: the explorer's subcommand of the `vit-va` command line, added through the
-entry-point group `vit_jax_va.commands` (pyproject.toml), so that the core never names the
-explorer. Importing this module imports no UI library; the Panel app loads when the command runs.
+"""`vit-va explore` and `vit-va report`: the explorer's subcommands of the `vit-va` command line,
+added through the entry-point group `vit_jax_va.commands` (pyproject.toml), so that the core
+never names the explorer. Importing this module imports no UI library; the Panel app loads when the command runs.
 """
 
 from __future__ import annotations
@@ -44,4 +44,31 @@ def explore_run(args: argparse.Namespace) -> int:
             raise ValueError(f"port {args.port} on {args.address} is in use (another explorer?); "
                              f"choose another --port") from None
         raise
+    return 0
+
+
+def add_report(commands) -> None:
+    """Add `report` to `vit-va`'s subcommands (an `argparse` subparsers action)."""
+    report = commands.add_parser(
+        "report", help="write a run's report: one HTML file that opens without a server",
+        description="Write one self-contained HTML file of a run (Bokeh, Panel and the data "
+                    "inside it: it opens in a browser offline, without a server): the four "
+                    "areas' overviews on the most important head, and for each of the TOP most "
+                    "important heads its numbers (importance, entropy, mean attention distance, "
+                    "pattern cluster) and its detail views. Every view's save tool writes a PNG "
+                    "(with --svg: an SVG).")
+    report.add_argument("run_dir", metavar="RUN_DIR", help="run directory (made by vit-va sweep)")
+    report.add_argument("--out", required=True, metavar="FILE.html", help="the HTML file to write")
+    report.add_argument("--top", type=int, default=3, help="how many of the most important heads (default 3)")
+    report.add_argument("--svg", action="store_true",
+                        help="draw the views as SVG (their save tools write SVG, not PNG)")
+    report.set_defaults(run=report_run)
+
+
+def report_run(args: argparse.Namespace) -> int:
+    """Write the report of `args.run_dir` to `args.out`."""
+    from explorer import report
+
+    out = report.write(args.run_dir, args.out, top=args.top, svg=args.svg)
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
     return 0

@@ -351,3 +351,92 @@ def test_the_page_fits_the_screen(server, width, height):
         finally:
             browser.close()
     assert errors == [], errors
+
+
+# Every figure of a static page: its title, its output backend and whether it has a save tool.
+EXPORT_JS = """() => [...Bokeh.index.all_views()].filter(v => v.frame && v.model.title).map(v => ({
+  title: v.model.title.text || "", backend: v.model.output_backend,
+  save: v.model.toolbar.tools.some(t => t.constructor.__name__ === "SaveTool")}))"""
+
+
+# A static page has drawn every figure of its document.
+DRAWN_JS = """() => {
+  let figures = 0;
+  for (const d of Bokeh.documents) for (const m of d.all_models) if (m.constructor.__name__ === "Figure") figures++;
+  return figures > 0 && [...Bokeh.index.all_views()].filter(v => v.frame).length >= figures;
+}"""
+
+
+@pytest.mark.parametrize("svg", [False, True])
+def test_the_report_opens_offline_and_shows_the_stores_numbers(tmp_path_factory, tmp_path, svg):
+    """`vit-va report`'s HTML file opens in Chromium with every network request refused (no
+    server, no CDN): no console error, the overviews and the top heads' detail views drawn, each
+    with a save tool (PNG, or SVG with --svg), and the table's numbers equal to the store's,
+    recomputed here from the store's arrays."""
+    from vit_jax_va import store
+
+    run_path = demo_runs_dir(tmp_path_factory.getbasetemp()) / "demo"
+    out = tmp_path / "report.html"
+    subprocess.run(["vit-va", "report", str(run_path), "--out", str(out), "--top", "3",
+                    *(["--svg"] if svg else [])], check=True, cwd=REPO)
+
+    run = store.open_run(run_path)
+    imp, strength = run.arrays("importance"), run.arrays("strength")
+    mode = [str(m) for m in np.asarray(imp["modes"])].index("head")
+    pruned = np.asarray(imp["prob"][mode], np.float64).mean(axis=-1).reshape(-1)  # [L*H]
+    baseline = float(np.asarray(imp["baseline_prob"], np.float64).mean())
+    entropy = np.asarray(strength["entropy"], np.float64).mean(axis=0).reshape(-1)
+    distance = np.asarray(strength["mean_distance"], np.float64).mean(axis=0).reshape(-1)
+    heads = run.config.num_heads
+
+    errors, requests = [], []
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1920, "height": 1080})
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+
+            def refuse(route):
+                if route.request.url.startswith("file:"):
+                    route.continue_()
+                else:
+                    requests.append(route.request.url)
+                    route.abort()
+            page.route("**/*", refuse)
+            page.goto(out.as_uri())
+            table = page.locator("table").filter(has_text="importance").first
+            table.wait_for(timeout=60_000)
+            rows = [r.split("\t") for r in table.locator("tr").all_inner_texts()[1:]]
+            page.wait_for_function(DRAWN_JS, timeout=120_000)
+            figures = page.evaluate(EXPORT_JS)
+        finally:
+            browser.close()
+    assert errors == [] and requests == [], (errors, requests)
+
+    assert len(rows) == 3
+    shown = []
+    for rank, (cells, expected_rank) in enumerate(zip(rows, ("1", "2", "3"))):
+        cells = [c.strip() for c in cells]
+        assert cells[0] == expected_rank
+        layer, head = (int(v) for v in cells[1][1:].split("H"))
+        flat = layer * heads + head
+        shown.append(flat)
+        assert float(cells[2]) == pytest.approx(baseline - pruned[flat], abs=6e-5)
+        assert float(cells[3]) == pytest.approx(pruned[flat], abs=6e-5)
+        assert float(cells[4]) == pytest.approx(entropy[flat], abs=6e-4)
+        assert float(cells[5]) == pytest.approx(distance[flat], abs=0.06)
+    # The three heads with the largest drop (values, not the order of ties).
+    drops = np.sort(baseline - pruned)[::-1][:3]
+    np.testing.assert_allclose([baseline - pruned[h] for h in shown], drops, atol=1e-9)
+
+    titles = [f["title"] for f in figures]
+    for prefix in ("A ·", "B1 · probability", "C1 ·", "D1 · patch patterns"):
+        assert any(t.startswith(prefix) for t in titles), (prefix, titles)
+    for flat in shown:  # each top head's details
+        label = f"L{flat // heads}H{flat % heads}"
+        assert any(t.startswith("C2 ·") and label in t for t in titles), (label, titles)
+        assert any(t.startswith("D4 ·") and label in t for t in titles), (label, titles)
+    bokeh_views = [f for f in figures if not f["title"].startswith(("Pruning curve", "D1 · cluster"))]
+    assert bokeh_views and all(f["save"] for f in bokeh_views), bokeh_views
+    assert {f["backend"] for f in bokeh_views} == {"svg" if svg else "canvas"}
