@@ -232,11 +232,14 @@ def _due(document, layer: MarksLayer) -> None:
 
 
 def _draw_due(document) -> None:
+    import panel as pn
     from panel.io.state import set_curdoc
 
-    # (Not inside Panel's `hold`, which would send the changes as one message: on a served page
-    # a click made inside it stopped reaching the server; tests/test_explorer_browser.py.)
-    with set_curdoc(document):
+    # Panel's `unlocked` sends every change made inside it as one PATCH-DOC message (Bokeh would
+    # send a message per change, and the browser lays the page out after each). It does not run
+    # the Python `on_change` callbacks of those changes: what follows a changed model must
+    # follow it in the browser too (the HTML titles do: explorer.titles).
+    with set_curdoc(document), pn.io.unlocked():
         for layer in _DUE.pop(document, []):
             layer.draw_served(document)
 

@@ -18,12 +18,22 @@ from __future__ import annotations
 import html
 
 import panel as pn
-from bokeh.models import Div
+from bokeh.models import CustomJS, Div
 
 # The class of the element that holds a title's text (the browser test finds titles by it).
 TITLE_CLASS = "figure-title"
 STYLE = ("font-weight:bold;font-size:10pt;line-height:1.3;color:#333;"
          "overflow-wrap:anywhere;white-space:normal")
+
+
+# `FigureTitle._show` in the browser: the title's text, escaped as `html.escape` does.
+_SHOW_JS = f"""
+const text = cb_obj.text || "";
+const escaped = text.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;")
+                    .replace(/"/g, "&quot;").replace(/'/g, "&#x27;");
+const html = text ? `<div class="{TITLE_CLASS}" style="{STYLE}">${{escaped}}</div>` : "";
+if (div.text !== html) div.text = html;
+"""
 
 
 class FigureTitle:
@@ -62,6 +72,10 @@ class FigureTitle:
         if title.id not in self._watched:
             self._watched.add(title.id)
             title.on_change("text", lambda attr, old, new: self._show(new))
+            # And in the browser: a served page's marks change the title inside Panel's
+            # `unlocked` (one message for all views, explorer.marks), which sends the change
+            # but never runs the Python callback above.
+            title.js_on_change("text", CustomJS(args={"div": self.div}, code=_SHOW_JS))
         if figure.width:
             self.div.width = int(figure.width)
         self._show(title.text)
